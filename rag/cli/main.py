@@ -1,0 +1,118 @@
+"""``rag``: run, serve, and manage the llama.cpp runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from rag.app import EmbeddedRuntime, create_app
+from rag.cli.progress import console, stage_progress
+from rag.errors import RuntimeSetupError
+from rag.runtime.children import child_specs
+from rag.runtime.prepare import PreparedRuntime, prepare_runtime
+from rag.runtime.status import runtime_status
+from rag.runtime.verify import verify_embedding_model
+from rag.settings import Settings
+
+app = typer.Typer(help="Self-hosted RAG service on llama.cpp.", no_args_is_help=True)
+runtime_app = typer.Typer(help="Build llama-server, prepare models, show status.")
+app.add_typer(runtime_app, name="runtime")
+
+HostOption = Annotated[str | None, typer.Option(help="Listen address (RAG_HOST).")]
+PortOption = Annotated[int | None, typer.Option(help="Listen port (RAG_PORT).")]
+
+
+def _settings(**overrides: object) -> Settings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    settings = Settings(**values)  # type: ignore[arg-type]
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+def _prepare(settings: Settings) -> PreparedRuntime:
+    try:
+        with stage_progress() as progress:
+            return prepare_runtime(settings, progress)
+    except RuntimeSetupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run(host: HostOption = None, port: PortOption = None) -> None:
+    """Run everything on this machine: API, workers and supervised llama-server children."""
+    settings = _settings(host=host, port=port)
+    prepared = _prepare(settings)
+    specs = child_specs(settings, prepared.embedding_model, prepared.generation_model)
+    runtime = EmbeddedRuntime(prepared.llama_server, specs)
+    console.print(f"starting on http://{settings.host}:{settings.port} (API docs at /docs)")
+    uvicorn.run(
+        create_app(settings, runtime),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+    )
+
+
+@app.command()
+def serve(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the API only, against llama.cpp servers given by RAG_EMBEDDING_URLS and
+    RAG_GENERATION_URLS."""
+    settings = _settings(host=host, port=port)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+
+
+@runtime_app.command("build")
+def runtime_build() -> None:
+    """Build llama-server into the cache (once per version)."""
+    settings = _settings()
+    from rag.runtime.build import ensure_llama_server
+
+    try:
+        with stage_progress() as progress:
+            binary = ensure_llama_server(settings, progress)
+    except RuntimeSetupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(str(binary))
+
+
+@runtime_app.command("prepare")
+def runtime_prepare(
+    verify: Annotated[bool, typer.Option(help="Serve the embedding model and check it.")] = True,
+) -> None:
+    """Build llama-server and prepare both models, then check the embedding model."""
+    settings = _settings()
+    prepared = _prepare(settings)
+    if verify:
+        try:
+            worst = asyncio.run(
+                verify_embedding_model(settings, prepared.llama_server, prepared.embedding_model)
+            )
+        except RuntimeSetupError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        console.print(f"embedding model matches the reference (worst cosine {worst:.6f})")
+    typer.echo(json.dumps(runtime_status(settings), indent=2))
+
+
+@runtime_app.command("status")
+def runtime_status_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the llama-server binary and model paths, and whether they are ready."""
+    status = runtime_status(Settings())
+    if as_json:
+        typer.echo(json.dumps(status))
+        return
+    for key, value in status.items():
+        typer.echo(f"{key}: {value}")

