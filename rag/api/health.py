@@ -55,3 +55,27 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     registry = services_of(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/runtime", summary="Supervised llama-server children and their state")
+async def runtime_children(request: Request) -> dict[str, Any]:
+    services = services_of(request)
+    children = []
+    if services.supervisor is not None:
+        for child in services.supervisor.children:
+            children.append(
+                {
+                    "name": child.spec.name,
+                    "role": child.spec.role,
+                    "url": child.spec.url,
+                    "state": child.state.value,
+                    "pid": child.pid,
+                    "restarts": child.restarts,
+                    "last_exit": child.last_exit,
+                }
+            )
+    return {
+        "children": children,
+        "embedding_urls": services.embedding_urls,
+        "generation_urls": services.generation_urls,
+    }
