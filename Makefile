@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 ## run: everything embedded on this machine, sample documents ingested
 run: setup
-	$(BIN)/rag run
+	$(BIN)/rag run --samples
 
 ## test: the whole test suite against the real llama-server, Qdrant local mode, SQLite, PostgreSQL
 test: setup

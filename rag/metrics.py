@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rag.pool.metrics import PoolMetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -23,6 +25,7 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
+        self.pool = PoolMetrics(self.registry)
         self.child_up = Gauge(
             "rag_llama_child_up",
             "1 when a supervised llama-server child is healthy.",

@@ -97,6 +97,63 @@ class Settings(BaseSettings):
     )
     qdrant_timeout: float = Field(10.0, gt=0, description="Timeout of Qdrant calls in seconds.")
 
+    # --- pools of llama.cpp servers --------------------------------------------------------
+    pool_policy: Literal["slots", "round_robin", "least_requests"] = Field(
+        "slots", description="How the pools choose an upstream (prefix affinity on top of it)."
+    )
+    pool_poll_interval: float = Field(0.5, gt=0, description="Seconds between /slots polls.")
+    pool_buffer_size: int = Field(
+        64, ge=0, description="Requests that may wait for a free slot before 429."
+    )
+    pool_buffer_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request may wait for a slot before 503."
+    )
+
+    # --- uploads and ingestion jobs ------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest upload body (all files) in bytes: 413."
+    )
+    max_files_per_upload: int = Field(20, ge=1, description="Files per upload request.")
+    job_max_attempts: int = Field(
+        5, ge=1, description="Attempts of an ingestion job before it stays failed."
+    )
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="Lease of a claimed job; renewed every third of it."
+    )
+    workers: int = Field(
+        2, ge=0, description="Ingestion job loops in this process (`rag run`, `rag worker`)."
+    )
+    parse_processes: int = Field(
+        1, ge=1, description="Processes for CPU-bound parsing and chunking."
+    )
+    ingest_samples: bool = Field(
+        False, description="Ingest the bundled sample documents into `default` at start-up."
+    )
+
+    # --- chunking and embedding ----------------------------------------------------------------
+    chunk_size_tokens: int = Field(200, ge=16, description="Target chunk size (tiktoken tokens).")
+    chunk_overlap_tokens: int = Field(
+        32, ge=0, description="Overlap between consecutive chunks (tiktoken tokens)."
+    )
+    csv_rows_per_chunk: int = Field(
+        0, ge=0, description="CSV rows per chunk; 0: as many as fit in the chunk size."
+    )
+    embedding_max_tokens: int = Field(
+        256, ge=8, description="Embedding model tokens per input (all-MiniLM-L6-v2: 256)."
+    )
+    embedding_batch_size: int = Field(32, ge=1, description="Texts per /v1/embeddings call.")
+    embedding_concurrency: int = Field(
+        4, ge=1, description="Embedding calls in flight at once per worker."
+    )
+
+    # --- retrieval -------------------------------------------------------------------------------
+    retrieval: Literal["dense", "sparse", "hybrid"] = Field(
+        "dense", description="Default retrieval: dense vectors, BM25 sparse vectors, or both (RRF)."
+    )
+    score_threshold: float | None = Field(
+        None, description="Minimum cosine score of a dense search hit; None keeps every hit."
+    )
+
     @property
     def registry_url(self) -> str:
         if self.database_url:

@@ -1,19 +1,19 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, Prometheus metrics, and the state of the supervised children."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rag.app_state import services_of
+from rag.errors import RagError
 
 router = APIRouter(tags=["operations"])
-_PROBE_TIMEOUT = httpx.Timeout(2.0)
+READY_PROBE_TIMEOUT = 3.0
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -21,34 +21,43 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _probe(http: httpx.AsyncClient, url: str) -> str | None:
-    """None when ``url``/health answers 200, else what is wrong."""
+def _pool_check(status: dict[str, Any]) -> dict[str, Any]:
+    upstreams = status.get("upstreams", [])
+    ready = [u["url"] for u in upstreams if u.get("state") == "ready"]
+    if not upstreams:
+        return {"ok": False, "problem": "no upstream registered"}
+    if not ready:
+        states = {u["url"]: u.get("state") for u in upstreams}
+        return {"ok": False, "problem": "no upstream ready", "upstreams": states}
+    return {"ok": True, "ready": len(ready), "upstreams": len(upstreams)}
+
+
+async def _probe(name: str, check: Any) -> tuple[str, dict[str, Any]]:
     try:
-        response = await http.get(f"{url}/health", timeout=_PROBE_TIMEOUT)
-    except httpx.HTTPError as exc:
-        return f"unreachable ({type(exc).__name__})"
-    if response.status_code != 200:
-        return f"not ready (HTTP {response.status_code})"
-    return None
+        await asyncio.wait_for(check, READY_PROBE_TIMEOUT)
+    except TimeoutError:
+        return name, {"ok": False, "problem": f"no answer within {READY_PROBE_TIMEOUT} s"}
+    except RagError as exc:
+        return name, {"ok": False, "problem": exc.message}
+    except Exception as exc:
+        return name, {"ok": False, "problem": type(exc).__name__}
+    return name, {"ok": True}
 
 
 @router.get("/readyz", summary="Stores, registry and llama.cpp pools are reachable")
 async def readyz(request: Request) -> JSONResponse:
     services = services_of(request)
-    checks: dict[str, Any] = {}
-    groups = {"embedding": services.embedding_urls, "generation": services.generation_urls}
-    for role, urls in groups.items():
-        results = await asyncio.gather(*(_probe(services.http, url) for url in urls))
-        problems = {url: problem for url, problem in zip(urls, results, strict=True) if problem}
-        if not urls:
-            checks[role] = {"ok": False, "problem": "no upstream configured"}
-        else:
-            checks[role] = {"ok": not problems, "upstreams": len(urls), "problems": problems}
-    ready = all(check["ok"] for check in checks.values())
+    probes = await asyncio.gather(
+        _probe("registry", services.registry.ping()),
+        _probe("vector_store", services.store.ping()),
+    )
+    checks: dict[str, Any] = dict(probes)
+    checks["embedding_pool"] = _pool_check(services.embedding_pool.status())
+    checks["generation_pool"] = _pool_check(services.generation_pool.status())
     missing = sorted(name for name, check in checks.items() if not check["ok"])
-    body = {"status": "ready" if ready else "not_ready", "checks": checks, "missing": missing}
-    headers = {} if ready else {"Retry-After": "2"}
-    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+    body = {"status": "not_ready" if missing else "ready", "checks": checks, "missing": missing}
+    headers = {"Retry-After": "2"} if missing else {}
+    return JSONResponse(body, status_code=503 if missing else 200, headers=headers)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -74,8 +83,13 @@ async def runtime_children(request: Request) -> dict[str, Any]:
                     "last_exit": child.last_exit,
                 }
             )
+    return {"children": children}
+
+
+@router.get("/v1/pool", summary="Upstreams of the embedding and generation pools")
+async def pools(request: Request) -> dict[str, Any]:
+    services = services_of(request)
     return {
-        "children": children,
-        "embedding_urls": services.embedding_urls,
-        "generation_urls": services.generation_urls,
+        "embedding": services.embedding_pool.status(),
+        "generation": services.generation_pool.status(),
     }

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 import uvicorn
 
-from rag.app import EmbeddedRuntime, create_app
+from rag.app import create_app
+from rag.services import EmbeddedRuntime
 from rag.cli.progress import console, stage_progress
 from rag.errors import RuntimeSetupError
 from rag.runtime.children import child_specs
@@ -46,15 +49,21 @@ def _prepare(settings: Settings) -> PreparedRuntime:
 
 
 @app.command()
-def run(host: HostOption = None, port: PortOption = None) -> None:
+def run(
+    host: HostOption = None,
+    port: PortOption = None,
+    samples: Annotated[
+        bool | None, typer.Option(help="Ingest the bundled sample documents at start-up.")
+    ] = None,
+) -> None:
     """Run everything on this machine: API, workers and supervised llama-server children."""
-    settings = _settings(host=host, port=port)
+    settings = _settings(host=host, port=port, ingest_samples=samples)
     prepared = _prepare(settings)
     specs = child_specs(settings, prepared.embedding_model, prepared.generation_model)
     runtime = EmbeddedRuntime(prepared.llama_server, specs)
     console.print(f"starting on http://{settings.host}:{settings.port} (API docs at /docs)")
     uvicorn.run(
-        create_app(settings, runtime),
+        create_app(settings, runtime, run_workers=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -69,6 +78,35 @@ def serve(host: HostOption = None, port: PortOption = None) -> None:
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run ingestion workers only (shared PostgreSQL registry and Qdrant server)."""
+    from rag.cli.worker import run_worker
+
+    settings = _settings()
+    asyncio.run(run_worker(settings))
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to upload.")],
+    url: Annotated[str, typer.Option(help="Base URL of the service.")] = "http://127.0.0.1:8000",
+    collection: Annotated[str, typer.Option(help="Collection to upload into.")] = "default",
+    metadata: Annotated[str | None, typer.Option(help="JSON object stored with each file.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 3600.0,
+) -> None:
+    """Upload files or folders to a running service and show progress until they are indexed."""
+    from rag.cli.ingest import ingest
+
+    try:
+        extra = json.loads(metadata) if metadata else None
+        failed = ingest(paths, url=url, collection=collection, metadata=extra, timeout=timeout)
+    except (FileNotFoundError, ValueError, httpx.HTTPError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(1 if failed else 0)
 
 
 @runtime_app.command("build")

@@ -1,0 +1,41 @@
+"""The sample documents `make run` ingests, through the same path as an upload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from ingest.detect import detect_content_type
+
+if TYPE_CHECKING:
+    from rag.services import Services
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def ingest_samples(services: Services, collection: str = "default") -> int:
+    """Queue every bundled sample (identical bytes are recognised and skipped); return count."""
+    queued = 0
+    for item in sorted(resources.files("rag.samples").iterdir(), key=lambda p: p.name):
+        if not item.is_file() or item.name.startswith(("_", ".")):
+            continue
+        data = item.read_bytes()
+        content_type = await asyncio.to_thread(detect_content_type, data, item.name, None)
+        sha256, size, _ = await services.blobs.write_stream(_once(data), len(data) + 1)
+        _, job, created = await services.registry.add_document(
+            collection=collection,
+            filename=item.name,
+            content_type=content_type,
+            sha256=sha256,
+            size=size,
+            metadata={"sample": True},
+            max_attempts=services.settings.job_max_attempts,
+        )
+        queued += int(created)
+    if services.workers is not None:
+        services.workers.wake()
+    return queued

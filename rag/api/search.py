@@ -1,0 +1,50 @@
+"""``POST /v1/search``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from ingest.upload import check_collection
+from rag.app_state import services_of
+from rag.search import SearchFilter
+from rag.vectorstore import Retrieval
+
+router = APIRouter(tags=["retrieval"])
+
+
+class FilterBody(BaseModel):
+    document_id: str | list[str] | None = None
+    filename: str | list[str] | None = None
+    metadata: dict[str, str | int | bool] = Field(default_factory=dict)
+
+    def to_filter(self) -> SearchFilter:
+        def listed(value: str | list[str] | None) -> list[str]:
+            if value is None:
+                return []
+            return [value] if isinstance(value, str) else list(value)
+
+        return SearchFilter(listed(self.document_id), listed(self.filename), dict(self.metadata))
+
+
+class SearchBody(BaseModel):
+    query: str = Field(min_length=1, max_length=8000)
+    collection: str = "default"
+    top_k: int = Field(5, ge=1, le=100)
+    filter: FilterBody | None = None
+    retrieval: Retrieval | None = None
+
+
+@router.post("/v1/search", summary="Nearest chunks to a query")
+async def search(request: Request, body: SearchBody) -> dict[str, Any]:
+    services = services_of(request)
+    results = await services.searcher.search(
+        body.query,
+        collection=check_collection(body.collection),
+        top_k=body.top_k,
+        filter=body.filter.to_filter() if body.filter else None,
+        retrieval=body.retrieval or services.settings.retrieval,
+    )
+    return {"results": [result.to_api() for result in results]}

@@ -1,0 +1,106 @@
+"""`rag run` as a user runs it: a real process with real llama-server children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.runtime.prepare import PreparedRuntime
+from rag.runtime.supervisor import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purposes
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    return [pid for pid in pids if _alive(pid)]
+
+
+@pytest.fixture
+def service(tmp_path: Path, runtime: PreparedRuntime) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAG_PORT": str(port),
+        "RAG_DATA_DIR": str(tmp_path / "data"),
+        "RAG_GENERATION_SERVERS": "1",
+        "RAG_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rag", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "service.log").open("wb"),
+    )
+    yield process, f"http://127.0.0.1:{port}"
+    if process.poll() is None:
+        process.kill()
+        process.wait(30)
+
+
+def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the service exited during start-up"
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"/readyz not 200 within {timeout} s")
+
+
+def _child_pids(base: str) -> list[int]:
+    children = httpx.get(f"{base}/v1/runtime", timeout=5).json()["children"]
+    assert {child["role"] for child in children} == {"embedding", "generation"}
+    return [int(child["pid"]) for child in children]
+
+
+def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
+    service: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    process, base = service
+    _wait_ready(base, process, timeout=120)
+    assert httpx.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}
+    metrics = httpx.get(f"{base}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'rag_llama_child_up{name="embedding",role="embedding"} 1.0' in metrics.text
+    pids = _child_pids(base)
+    assert all(_alive(pid) for pid in pids)
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert _wait_gone(pids, 10) == []
+
+
+def test_children_die_with_a_killed_service(service: tuple[subprocess.Popen[bytes], str]) -> None:
+    process, base = service
+    _wait_ready(base, process, timeout=120)
+    pids = _child_pids(base)
+    process.kill()
+    process.wait(30)
+    assert _wait_gone(pids, 15) == [], "llama-server children outlived a SIGKILLed service"
+
