@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ingest.registry.engine import create_registry_engine
@@ -112,14 +112,16 @@ class Registry(JobQueue):
         if self._owns_engine:
             await self.engine.dispose()
 
-    async def ping(self) -> bool:
-        """Whether the database answers within :attr:`ping_timeout` seconds (for readiness)."""
+    async def ping(self) -> None:
+        """Check that the database answers within :attr:`ping_timeout` seconds (readiness);
+        raises :class:`RegistryUnavailable` if not."""
         try:
             async with asyncio.timeout(self.ping_timeout), self._read() as conn:
                 await conn.execute(select(1))
-        except (RegistryUnavailable, SQLAlchemyError, OSError, TimeoutError):
-            return False
-        return True
+        except TimeoutError as exc:
+            raise RegistryUnavailable(
+                f"the registry database did not answer within {self.ping_timeout} s"
+            ) from exc
 
     # --- documents --------------------------------------------------------------------------
 
