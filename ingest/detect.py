@@ -1,0 +1,160 @@
+"""Content-type detection of uploads from their bytes, with the file name as a tie-breaker.
+
+:func:`detect_content_type` decides from the content first: ``%PDF-`` in the first KiB is a PDF;
+a ZIP archive holding ``word/document.xml`` is a DOCX; bytes that decode as text (no NULs outside
+a UTF-16/32 byte-order mark, an encoding charset-normalizer recognises) are text. Among text, the
+name chooses CSV (``.csv``/``.tsv``) or Markdown (``.md``/``.markdown``), otherwise plain text;
+the declared type counts only when the name has no known extension.
+
+The name never overrules the content: a file named ``.pdf``/``.docx`` (or declared so) whose
+content is something else is ``"mislabelled"``; known binary formats (images, archives,
+executables) and unrecognised bytes are ``"unsupported_type"``; no bytes, or only whitespace, is
+``"empty"``. A file whose content is a supported type under another name (a PDF named ``.txt``)
+is accepted as what its content is.
+
+Pass the whole file when you have it: PDFs and text are recognised from the first 64 KiB, but a
+DOCX is only certain from the ZIP's central directory at the end. Given only a head, a ZIP is
+recognised as DOCX when a ``word/document.xml`` entry appears among its first local headers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import zipfile
+from pathlib import PurePath
+
+from charset_normalizer import from_bytes
+
+PDF = "application/pdf"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+CSV = "text/csv"
+MARKDOWN = "text/markdown"
+TEXT = "text/plain"
+
+SUPPORTED = (PDF, DOCX, CSV, MARKDOWN, TEXT)
+SAMPLE_BYTES = 64 * 1024
+
+_NAMES = {PDF: "PDF", DOCX: "DOCX", CSV: "CSV", MARKDOWN: "Markdown", TEXT: "plain text"}
+_BY_EXTENSION = {
+    ".pdf": PDF,
+    ".docx": DOCX,
+    ".csv": CSV,
+    ".tsv": CSV,
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+}
+_DECLARED_ALIASES = {"application/x-pdf": PDF, "text/x-markdown": MARKDOWN}
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"RIFF", "a RIFF (WebP/WAV/AVI) file"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x7fELF", "an ELF executable"),
+    (b"MZ", "a Windows executable"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office (.doc/.xls) file"),
+    (b"{\\rtf", "an RTF document"),
+    (b"ID3", "an MP3 file"),
+)
+_TEXT_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+class DetectionError(Exception):
+    """The upload is not a supported document.
+
+    ``reason`` is ``"unsupported_type"``, ``"mislabelled"`` or ``"empty"``; ``str(error)`` is a
+    readable message for a person. Picklable.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[DetectionError], tuple[str, str]]:
+        return (type(self), (self.reason, self.message))
+
+
+def _zip_kind(data: bytes) -> str | None:
+    """``DOCX`` for a Word document, ``None`` for any other ZIP archive."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return DOCX if "word/document.xml" in archive.namelist() else None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        # Only a head, or a damaged archive: look at the local file headers we have.
+        return DOCX if b"word/document.xml" in data[:SAMPLE_BYTES] else None
+
+
+def _is_text(sample: bytes, complete: bool) -> bool:
+    if sample.startswith(_TEXT_BOMS) or sample.startswith(codecs.BOM_UTF8):
+        return True
+    if b"\x00" in sample:
+        return False
+    if not complete:  # do not let a multibyte character cut at the end decide
+        cut = max(sample.rfind(b"\n"), sample.rfind(b" "))
+        sample = sample[:cut] if cut > len(sample) // 2 else sample
+    try:
+        sample.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        pass
+    best = from_bytes(sample).best()
+    return best is not None and best.encoding is not None
+
+
+def _sniff(data: bytes) -> tuple[str | None, str]:
+    """``(content type or None, description of the content for messages)``."""
+    if b"%PDF-" in data[:1024]:
+        return PDF, "a PDF document"
+    if data.startswith(b"PK\x03\x04"):
+        kind = _zip_kind(data)
+        return kind, "a DOCX document" if kind else "a ZIP archive (not a DOCX document)"
+    for magic, description in _MAGIC:
+        if data.startswith(magic):
+            return None, description
+    if _is_text(data[:SAMPLE_BYTES], complete=len(data) <= SAMPLE_BYTES):
+        return TEXT, "plain text"
+    return None, "binary data of an unknown kind"
+
+
+def _declared_type(declared: str | None) -> str | None:
+    if not declared:
+        return None
+    value = declared.split(";")[0].strip().lower()
+    value = _DECLARED_ALIASES.get(value, value)
+    return value if value in SUPPORTED else None
+
+
+def detect_content_type(data: bytes, filename: str, declared: str | None = None) -> str:
+    """The content type of an upload: one of :data:`SUPPORTED`, or a :class:`DetectionError`.
+
+    ``data`` is the whole file, or at least its first :data:`SAMPLE_BYTES` (see the module
+    docstring for what a head alone cannot tell); ``declared`` is the client's Content-Type.
+    """
+    if not data[:SAMPLE_BYTES].strip() and not data.strip():
+        raise DetectionError("empty", f"{filename} is empty")
+    by_name = _BY_EXTENSION.get(PurePath(filename).suffix.lower())
+    by_declared = _declared_type(declared)
+    sniffed, description = _sniff(data)
+    claimed, how = (by_name, "named") if by_name else (by_declared, "declared")
+    if claimed in (PDF, DOCX) and sniffed != claimed:
+        raise DetectionError(
+            "mislabelled",
+            f"{filename} is {how} as {_NAMES[claimed]} but its content is {description}",
+        )
+    if sniffed is None:
+        raise DetectionError(
+            "unsupported_type",
+            f"{filename} is {description}; supported are PDF, DOCX, CSV, Markdown and plain text",
+        )
+    if sniffed != TEXT:
+        return sniffed
+    return claimed if claimed in (CSV, MARKDOWN) else TEXT

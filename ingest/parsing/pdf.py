@@ -1,0 +1,97 @@
+"""PDF parsing with pypdf: one section per page that has text, page numbers kept (1-based).
+
+Failures are translated here into :class:`ParseError`: a file pypdf cannot read is ``"corrupt"``;
+an encrypted file that does not open with the empty password is ``"encrypted"``; a PDF whose
+pages give no text at all (a scan, images only) is ``"no_text"``.
+
+Page text is normalised: NULs and control characters removed, runs of spaces and tabs collapsed,
+trailing spaces on lines removed and runs of blank lines reduced to one.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zlib
+
+from pypdf import PdfReader
+from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
+
+from ingest.parsing.model import ParsedDocument, ParseError, TextBuilder
+from ingest.parsing.text import normalise
+
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_LINE_END_SPACE = re.compile(r" +\n")
+_MANY_BLANK_LINES = re.compile(r"\n\s*\n\s*")
+
+# pypdf raises many kinds of exceptions on damaged files, not only its own.
+_READ_ERRORS = (
+    PyPdfError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OSError,
+    RecursionError,
+    zlib.error,
+)
+
+
+def _clean(text: str) -> str:
+    text = _SPACES.sub(" ", normalise(text))
+    text = _LINE_END_SPACE.sub("\n", text)
+    return _MANY_BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _open(data: bytes, filename: str) -> PdfReader:
+    try:
+        reader = PdfReader(io.BytesIO(data))
+    except DependencyError as exc:
+        raise ParseError(
+            "encrypted", f"{filename} is encrypted with a method not supported here"
+        ) from exc
+    except _READ_ERRORS as exc:
+        raise ParseError(
+            "corrupt", f"{filename} is not a readable PDF (damaged or truncated)"
+        ) from exc
+    if reader.is_encrypted:
+        try:
+            opened = reader.decrypt("")
+        except DependencyError as exc:
+            raise ParseError(
+                "encrypted", f"{filename} is encrypted with a method not supported here"
+            ) from exc
+        except _READ_ERRORS as exc:
+            raise ParseError("corrupt", f"{filename} has a damaged encryption dictionary") from exc
+        if not opened:
+            raise ParseError(
+                "encrypted", f"{filename} is password-protected; upload it unencrypted"
+            )
+    return reader
+
+
+def parse_pdf(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+    """Extract the text of every page, in order."""
+    reader = _open(data, filename)
+    builder = TextBuilder()
+    try:
+        pages = reader.pages
+        page_count = len(pages)
+        for number, page in enumerate(pages, start=1):
+            builder.add(_clean(page.extract_text()), page=number)
+    except FileNotDecryptedError as exc:
+        raise ParseError("encrypted", f"{filename} is password-protected") from exc
+    except _READ_ERRORS as exc:
+        raise ParseError(
+            "corrupt", f"{filename} is not a readable PDF (damaged or truncated)"
+        ) from exc
+    if page_count == 0:
+        raise ParseError("empty", f"{filename} has no pages")
+    if not builder.sections:
+        raise ParseError(
+            "no_text",
+            f"{filename} has no extractable text (is it scanned or made of images?); "
+            "run OCR on it first",
+        )
+    return builder.build(content_type, pages=page_count)

@@ -1,0 +1,240 @@
+"""Parsers on real files generated here: PDF (fpdf2, pypdf), DOCX (python-docx), CSV, Markdown,
+plain text; and their failures (encrypted, corrupt, scanned, empty)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import docx
+import pytest
+from fpdf import FPDF
+from pypdf import PdfReader, PdfWriter
+
+from ingest.detect import CSV, DOCX, MARKDOWN, PDF, TEXT
+from ingest.parsing import ParsedDocument, ParseError, parse_document
+
+PAGE_SENTENCES = (
+    "Aardvarks dig burrows in the savanna at night.",
+    "Barometers measure the pressure of the atmosphere.",
+    "Cormorants dive deep to catch small fish.",
+)
+
+
+def make_pdf(pages: tuple[str, ...] = PAGE_SENTENCES) -> bytes:
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 8, text, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def encrypt(data: bytes, user_password: str, owner_password: str = "owner") -> bytes:
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(data)))
+    writer.encrypt(user_password=user_password, owner_password=owner_password, algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def make_docx() -> bytes:
+    document = docx.Document()
+    document.add_heading("Field Guide", 0)
+    document.add_paragraph("An introduction to the birds of the coast.")
+    document.add_heading("Seabirds", 1)
+    document.add_heading("Gulls", 2)
+    document.add_paragraph("Gulls are loud and eat almost anything.")
+    table = document.add_table(rows=3, cols=3)
+    for row, values in zip(
+        table.rows, (("Name", "Wingspan", "Diet"), ("Herring gull", "140 cm", "")), strict=False
+    ):
+        for cell, value in zip(row.cells, values, strict=True):
+            cell.text = value
+    table.rows[2].cells[0].text = "Kittiwake"
+    table.rows[2].cells[2].text = "fish"
+    document.add_heading("Waders", 1)
+    document.add_paragraph("Waders probe the mud with long bills.")
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def check_offsets(doc: ParsedDocument) -> None:
+    for section in doc.sections:
+        assert doc.text[section.char_start : section.char_end] == section.text
+        assert section.text.strip() == section.text != ""
+
+
+def test_pdf_keeps_page_numbers() -> None:
+    doc = parse_document(make_pdf(), PDF, "animals.pdf")
+    check_offsets(doc)
+    assert doc.pages == 3
+    assert [section.page for section in doc.sections] == [1, 2, 3]
+    for section, sentence in zip(doc.sections, PAGE_SENTENCES, strict=True):
+        assert section.text == sentence
+        assert section.kind == "text"
+
+
+def test_pdf_encrypted_with_user_password_is_refused() -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_document(encrypt(make_pdf(), "secret"), PDF, "locked.pdf")
+    assert caught.value.reason == "encrypted"
+    assert "locked.pdf" in str(caught.value)
+
+
+def test_pdf_encrypted_with_empty_user_password_opens() -> None:
+    doc = parse_document(encrypt(make_pdf(), ""), PDF, "owner-only.pdf")
+    assert [section.page for section in doc.sections] == [1, 2, 3]
+    assert doc.sections[1].text == PAGE_SENTENCES[1]
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.95])
+def test_pdf_truncated_is_corrupt(fraction: float) -> None:
+    data = make_pdf()
+    with pytest.raises(ParseError) as caught:
+        parse_document(data[: int(len(data) * fraction)], PDF, "broken.pdf")
+    assert caught.value.reason == "corrupt"
+
+
+def test_pdf_with_only_images_has_no_text() -> None:
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.rect(20, 20, 100, 60, style="F")
+    with pytest.raises(ParseError) as caught:
+        parse_document(bytes(pdf.output()), PDF, "scan.pdf")
+    assert caught.value.reason == "no_text"
+    assert "OCR" in str(caught.value)
+
+
+def test_docx_headings_and_tables_in_order() -> None:
+    doc = parse_document(make_docx(), DOCX, "guide.docx")
+    check_offsets(doc)
+    assert doc.pages is None
+    by_text = {section.text: section for section in doc.sections}
+    assert by_text["Field Guide"].heading_path == ("Field Guide",)
+    assert by_text["An introduction to the birds of the coast."].heading_path == ("Field Guide",)
+    gulls = by_text["Gulls are loud and eat almost anything."]
+    assert gulls.heading_path == ("Field Guide", "Seabirds", "Gulls")
+    [table] = [section for section in doc.sections if section.kind == "table"]
+    assert table.text == "Name: Herring gull; Wingspan: 140 cm\nName: Kittiwake; Diet: fish"
+    assert table.heading_path == ("Field Guide", "Seabirds", "Gulls")
+    waders = by_text["Waders probe the mud with long bills."]
+    assert waders.heading_path == ("Field Guide", "Waders")
+    order = [section.text for section in doc.sections]
+    assert order.index(gulls.text) < order.index(table.text) < order.index(waders.text)
+
+
+def test_docx_merged_cells_count_once() -> None:
+    document = docx.Document()
+    table = document.add_table(rows=2, cols=3)
+    table.rows[0].cells[0].text = "Item"
+    table.rows[0].cells[1].text = "Notes"
+    table.rows[0].cells[1].merge(table.rows[0].cells[2])
+    table.rows[1].cells[0].text = "Tent"
+    table.rows[1].cells[1].text = "Sleeps two"
+    table.rows[1].cells[1].merge(table.rows[1].cells[2])
+    out = io.BytesIO()
+    document.save(out)
+    doc = parse_document(out.getvalue(), DOCX, "kit.docx")
+    assert doc.text == "Item: Tent; Notes: Sleeps two"
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04 not really a zip", make_docx()[:5000]])
+def test_docx_corrupt(data: bytes) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_document(data, DOCX, "broken.docx")
+    assert caught.value.reason == "corrupt"
+
+
+def test_csv_semicolons_latin1_header_on_every_row() -> None:
+    text = (
+        "Nom;Ville;Âge\n"
+        "Hélène Dupré;Besançon;34\n"
+        "Jérôme Lefèvre;Orléans;51\n"
+        "\n"
+        "François Müller;Genève;28\n"
+    )
+    doc = parse_document(text.encode("latin-1"), CSV, "personnes.csv")
+    check_offsets(doc)
+    rows = [section for section in doc.sections]
+    assert [row.kind for row in rows] == ["rows"] * 3
+    assert {row.header for row in rows} == {"Nom;Ville;Âge"}
+    assert rows[0].text == "Hélène Dupré;Besançon;34"
+    assert rows[2].text == "François Müller;Genève;28"
+    assert doc.text.startswith("Nom;Ville;Âge\n")
+
+
+def test_csv_ragged_rows_and_quoted_newlines() -> None:
+    text = 'id,name,notes\n1,alpha\n2,beta,"two\nlines",extra\n3,"gamma, delta",ok\n'
+    doc = parse_document(text.encode(), CSV, "ragged.csv")
+    check_offsets(doc)
+    assert [row.text for row in doc.sections] == [
+        "1,alpha",
+        "2,beta,two lines,extra",
+        '3,"gamma, delta",ok',
+    ]
+
+
+def test_csv_without_rows_is_empty() -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_document(b"a,b,c\n\n", CSV, "header.csv")
+    assert caught.value.reason == "empty"
+
+
+def test_markdown_nested_headings() -> None:
+    text = (
+        "# Manual\n\nIntro text.\n\n## Install\n\nRun the installer.\n\n"
+        "```sh\n# a comment, not a heading\nmake\n```\n\n### Linux\n\nUse the package.\n\n"
+        "## Usage ##\n\nCall it.\n\n# Appendix\n\nMore.\n"
+    )
+    doc = parse_document(text.encode(), MARKDOWN, "manual.md")
+    check_offsets(doc)
+    paths = {section.text: section.heading_path for section in doc.sections}
+    assert paths["Intro text."] == ("Manual",)
+    assert paths["Run the installer."] == ("Manual", "Install")
+    assert paths["```sh\n# a comment, not a heading\nmake\n```"] == ("Manual", "Install")
+    assert paths["Use the package."] == ("Manual", "Install", "Linux")
+    assert paths["## Usage ##"] == ("Manual", "Usage")
+    assert paths["Call it."] == ("Manual", "Usage")
+    assert paths["More."] == ("Appendix",)
+
+
+def test_plain_text_paragraphs_with_crlf_and_nuls() -> None:
+    data = b"First para\r\nstill first.\r\n\r\n\r\nSecond\x00 para.\n  \n\tThird.  "
+    doc = parse_document(data, TEXT, "notes.txt")
+    check_offsets(doc)
+    assert [section.text for section in doc.sections] == [
+        "First para\nstill first.",
+        "Second para.",
+        "Third.",
+    ]
+    assert all(section.heading_path == () and section.page is None for section in doc.sections)
+
+
+def test_text_utf16_with_bom() -> None:
+    doc = parse_document("Grüße aus Köln.".encode("utf-16"), TEXT, "gruss.txt")
+    assert doc.text == "Grüße aus Köln."
+
+
+@pytest.mark.parametrize("content_type", [TEXT, MARKDOWN, CSV])
+@pytest.mark.parametrize("data", [b"", b" \n\t\n "])
+def test_empty_text_like(content_type: str, data: bytes) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_document(data, content_type, "blank")
+    assert caught.value.reason == "empty"
+
+
+def test_parse_error_survives_pickling() -> None:
+    error = pickle.loads(pickle.dumps(ParseError("corrupt", "x.pdf is damaged")))
+    assert (error.reason, str(error)) == ("corrupt", "x.pdf is damaged")
+
+
+def test_parsed_document_is_picklable() -> None:
+    doc = parse_document(make_docx(), DOCX, "guide.docx")
+    assert pickle.loads(pickle.dumps(doc)) == doc
+
+
+def test_unknown_content_type_is_a_caller_bug() -> None:
+    with pytest.raises(ValueError, match="image/png"):
+        parse_document(b"\x89PNG", "image/png", "x.png")
