@@ -26,6 +26,7 @@ is synchronous, CPU-bound and picklable: callers run it in a process pool.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from ingest.parsing.model import ROWS, TABLE, TEXT, ParsedDocument, Section
-from ingest.tokens import count_tokens, encoding
+from ingest.tokens import count_tokens
 
 WORD, LINE, SENTENCE, PARAGRAPH = 0, 1, 2, 3
 """Strength of the break after a unit, weakest first."""
@@ -42,7 +43,7 @@ _WORD = re.compile(r"\S+")
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
 _SENTENCE_END = re.compile("[.!?;:\u2026\u3002\uff01\uff1f][\"'\u201d\u2019\u00bb)\\]]*$")
 _MIN_FILL = 0.5
-_HEADING_FLOW_TOKENS = 64
+_HEADING_TOKENS = 32
 _FIT_MARGIN = 0.85
 
 
@@ -80,6 +81,12 @@ class _Unit(NamedTuple):
     brk: int  # strength of the break after it
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _piece_tokens(piece: str) -> int:
+    """Tokens of one word with the whitespace before it; words repeat, so this is cached."""
+    return count_tokens(piece)
+
+
 def _word_units(text: str, start: int, end: int, last_break: int = PARAGRAPH) -> list[_Unit]:
     """Words of ``text[start:end]`` with their token costs and the breaks after them."""
     spans = [match.span() for match in _WORD.finditer(text, start, end)]
@@ -89,7 +96,7 @@ def _word_units(text: str, start: int, end: int, last_break: int = PARAGRAPH) ->
     for _, e in spans:
         pieces.append(text[previous:e])
         previous = e
-    counts = [len(tokens) for tokens in encoding().encode_ordinary_batch(pieces)]
+    counts = [_piece_tokens(piece) for piece in pieces]
     units = []
     for number, ((s, e), tokens) in enumerate(zip(spans, counts, strict=True)):
         if number + 1 == len(spans):
@@ -165,8 +172,14 @@ class _Flow:
             and bool(path)
             and following.heading_path[: len(path)] == path
             and len(following.heading_path) > len(path)
-            and all("\n" not in section.text for section in self.sections)
-            and sum(count_tokens(section.text) for section in self.sections) <= _HEADING_FLOW_TOKENS
+            and all(self._is_heading(section) for section in self.sections)
+        )
+
+    def _is_heading(self, section: Section) -> bool:
+        return (
+            "\n" not in section.text
+            and any(title in section.text for title in self.heading_path)
+            and count_tokens(section.text) <= _HEADING_TOKENS
         )
 
 
@@ -313,8 +326,10 @@ def split_to_fit(chunks: list[Chunk], lengths: list[int], max_tokens: int) -> li
     in each piece (dropped if the header alone is too long). The ratio is an estimate, so callers
     measure the returned chunks again and call this again until every length fits::
 
-        while any(n > limit for n in (lengths := measure(chunks))):
+        lengths = measure(chunks)
+        while any(n > limit for n in lengths):
             chunks = split_to_fit(chunks, lengths, limit)
+            lengths = measure(chunks)
 
     This converges: an over-long chunk always becomes at least two smaller pieces, and a chunk
     that is a single word is cut by characters as a last resort.

@@ -43,6 +43,8 @@ _BY_EXTENSION = {
     ".tsv": CSV,
     ".md": MARKDOWN,
     ".markdown": MARKDOWN,
+    ".txt": TEXT,
+    ".text": TEXT,
 }
 _DECLARED_ALIASES = {"application/x-pdf": PDF, "text/x-markdown": MARKDOWN}
 _MAGIC = (
