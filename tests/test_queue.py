@@ -192,7 +192,7 @@ async def test_a_worker_dying_on_every_attempt_fails_the_job(
     assert (failed.state, failed.attempts, failed.lease_owner) == ("failed", 2, None)
     assert failed.error is not None
     assert failed.error["type"] == LEASE_EXPIRED
-    assert "2 attempts" in failed.error["message"]
+    assert "attempt 2 of 2" in failed.error["message"]
     doc = await registry.get_document(job.document_id)
     assert doc is not None
     assert doc.status == "failed"

@@ -154,7 +154,7 @@ class JobQueue(Store):
     async def _reap_exhausted(self, conn: AsyncConnection, now: datetime) -> None:
         """Fail the jobs whose lease expired on their last attempt: the worker died every time."""
         dead = (
-            select(jobs.c.id, jobs.c.document_id, jobs.c.attempts)
+            select(jobs.c.id, jobs.c.document_id, jobs.c.attempts, jobs.c.max_attempts)
             .where(
                 jobs.c.state == "running",
                 jobs.c.lease_expires_at <= now,
@@ -165,13 +165,17 @@ class JobQueue(Store):
         for job in (await conn.execute(dead)).mappings().all():
             error = _error(
                 LEASE_EXPIRED,
-                f"the worker stopped renewing its lease on each of {job['attempts']} attempts "
-                "(it crashed or hung); giving up",
+                f"the worker stopped renewing its lease (it crashed or hung) on attempt "
+                f"{job['attempts']} of {job['max_attempts']}; giving up",
             )
-            values = {"state": "failed", "lease_owner": None, "lease_expires_at": None}
-            await self._update_job(
-                conn, jobs.c.id == job["id"], {**values, "error": error, "updated_at": now}
-            )
+            values = {
+                "state": "failed",
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "error": error,
+                "updated_at": now,
+            }
+            await self._update_job(conn, jobs.c.id == job["id"], values)
             await self._set_document(conn, job["document_id"], now, status="failed", error=error)
 
     # --- the owner's calls ------------------------------------------------------------------

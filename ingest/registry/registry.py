@@ -16,7 +16,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -165,15 +166,7 @@ class Registry(JobQueue):
                         "created_at": now,
                         "updated_at": now,
                     }
-                    doc_row = (
-                        (
-                            await conn.execute(
-                                insert(documents).values(doc_values).returning(*documents.c)
-                            )
-                        )
-                        .mappings()
-                        .one()
-                    )
+                    doc_row = await _insert(conn, documents, doc_values)
                     job_values = {
                         "id": uuid.uuid4().hex,
                         "document_id": doc_id,
@@ -187,11 +180,7 @@ class Registry(JobQueue):
                         "created_at": now,
                         "updated_at": now,
                     }
-                    job_row = (
-                        (await conn.execute(insert(jobs).values(job_values).returning(*jobs.c)))
-                        .mappings()
-                        .one()
-                    )
+                    job_row = await _insert(conn, jobs, job_values)
                     return DocumentRecord.from_row(doc_row), JobRecord.from_row(job_row), True
             except IntegrityError:
                 continue  # a concurrent upload of the same bytes won: read what it made
@@ -296,3 +285,8 @@ class Registry(JobQueue):
         async with self._read() as conn:
             query = select(documents.c.id).where(documents.c.sha256 == sha256).limit(1)
             return (await conn.execute(query)).first() is not None
+
+
+async def _insert(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> RowMapping:
+    result = await conn.execute(insert(table).values(values).returning(*table.c))
+    return result.mappings().one()
