@@ -225,37 +225,49 @@ def _text_ranges(text: str, flow: _Flow, options: ChunkingOptions) -> list[tuple
     return _pack(text, units, options.size_tokens, overlap)
 
 
+def _row_groups(rows: list[Section], budget: int, limit: int) -> list[list[Section]]:
+    """Consecutive rows grouped up to ``limit`` rows and (estimated) ``budget`` tokens."""
+    groups: list[list[Section]] = []
+    used = 0
+    for row in rows:
+        tokens = count_tokens(row.text) + 1
+        if not groups or len(groups[-1]) >= limit or used + tokens > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(row)
+        used += tokens
+    return groups
+
+
 def _row_chunks(text: str, flow: _Flow, options: ChunkingOptions) -> list[tuple[str, int, int]]:
     """``(chunk text, start, end)`` of CSV row groups, each starting with the header line."""
     prefix = f"{flow.header}\n" if flow.header else ""
-    budget = max(1, options.size_tokens - count_tokens(prefix))
+    size = options.size_tokens
+    budget = max(1, size - count_tokens(prefix))
     limit = options.rows_per_chunk or len(flow.sections)
     out: list[tuple[str, int, int]] = []
-    group: list[Section] = []
-    used = 0
-
-    def flush() -> None:
-        if group:
-            start, end = group[0].char_start, group[-1].char_end
-            out.append((prefix + text[start:end], start, end))
-            group.clear()
-
-    for row in flow.sections:
-        tokens = count_tokens(row.text) + 1
-        if tokens > budget:
-            flush()
-            units = _word_units(text, row.char_start, row.char_end)
-            for start, end in _pack(text, units, budget, 0):
-                out.append((prefix + text[start:end], start, end))
-            used = 0
-            continue
-        if group and (len(group) >= limit or used + tokens > budget):
-            flush()
-            used = 0
-        group.append(row)
-        used += tokens
-    flush()
+    for group in _row_groups(flow.sections, budget, limit):
+        while group:
+            take = len(group)
+            while take > 1 and count_tokens(prefix + _span(text, group[:take])) > size:
+                take -= 1
+            if count_tokens(prefix + _span(text, group[:1])) > size:  # one row too long: words
+                units = _word_units(text, group[0].char_start, group[0].char_end)
+                out += [(prefix + text[s:e], s, e) for s, e in _pack(text, units, budget, 0)]
+            else:
+                out.append(
+                    (
+                        prefix + _span(text, group[:take]),
+                        group[0].char_start,
+                        group[take - 1].char_end,
+                    )
+                )
+            group = group[take:]
     return out
+
+
+def _span(text: str, rows: list[Section]) -> str:
+    return text[rows[0].char_start : rows[-1].char_end]
 
 
 def chunk_document(doc: ParsedDocument, options: ChunkingOptions) -> list[Chunk]:
