@@ -51,10 +51,12 @@ def create_registry_engine(
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         connect_args.setdefault("timeout", busy_timeout)
-    elif schema is not None:
-        settings = dict(connect_args.get("server_settings", {}))
-        settings["search_path"] = check_schema_name(schema)
-        connect_args["server_settings"] = settings
+    else:
+        engine_kwargs.setdefault("pool_pre_ping", True)  # survive a database restart
+        if schema is not None:
+            settings = dict(connect_args.get("server_settings", {}))
+            settings["search_path"] = check_schema_name(schema)
+            connect_args["server_settings"] = settings
     engine = create_async_engine(url, connect_args=connect_args, **engine_kwargs)
     configure_engine(engine)
     return engine
