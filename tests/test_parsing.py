@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 
 import docx
 import pytest
@@ -145,6 +146,16 @@ def test_docx_corrupt(data: bytes) -> None:
     with pytest.raises(ParseError) as caught:
         parse_document(data, DOCX, "broken.docx")
     assert caught.value.reason == "corrupt"
+
+
+def test_docx_zip_bomb_is_refused_before_unpacking() -> None:
+    out = io.BytesIO(make_docx())
+    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/media/padding.bin", bytes(24 * 2**20))
+    with pytest.raises(ParseError) as caught:
+        parse_document(out.getvalue(), DOCX, "bomb.docx")
+    assert caught.value.reason == "corrupt"
+    assert "expands to" in str(caught.value)
 
 
 def test_csv_semicolons_latin1_header_on_every_row() -> None:

@@ -6,7 +6,8 @@ carries the path ending with itself). Each table is one ``"table"`` section with
 per row: when the table has a header row and more rows, each data row reads
 ``"Header A: value; Header B: value"`` (empty cells left out, missing headers named
 ``Column N``); a one-row table reads ``"value | value"``. Horizontally merged cells count once.
-A file python-docx cannot open is ``ParseError("corrupt")``.
+A file python-docx cannot open, or an archive that unpacks to far more than its size
+(a zip bomb), is ``ParseError("corrupt")``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from docx.table import Table
 from docx.text.paragraph import Paragraph
 
 from ingest.parsing.model import TABLE, ParsedDocument, ParseError, TextBuilder
+
+MAX_EXPANSION = 100
+EXPANSION_ALLOWANCE = 8 * 2**20
+"""An archive may unpack to at most ``MAX_EXPANSION`` times its size plus this many bytes."""
 
 _HEADING_STYLE = re.compile(r"^Heading ([1-9])$")
 _WHITESPACE = re.compile(r"\s+")
@@ -85,8 +90,24 @@ def table_lines(table: Table) -> list[str]:
     return [line for line in lines if line]
 
 
+def _check_expansion(data: bytes, filename: str) -> None:
+    """Refuse archives that expand far beyond any real document (zip bombs)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except _OPEN_ERRORS as exc:
+        raise ParseError("corrupt", f"{filename} is not a readable DOCX document") from exc
+    if expanded > MAX_EXPANSION * len(data) + EXPANSION_ALLOWANCE:
+        raise ParseError(
+            "corrupt",
+            f"{filename} expands to {expanded // 2**20} MiB when unpacked, "
+            "far more than a document of its size should",
+        )
+
+
 def parse_docx(data: bytes, content_type: str, filename: str) -> ParsedDocument:
     """Paragraphs and tables in body order, with heading paths."""
+    _check_expansion(data, filename)
     try:
         document = docx.Document(io.BytesIO(data))
     except _OPEN_ERRORS as exc:
