@@ -45,6 +45,7 @@ _SENTENCE_END = re.compile("[.!?;:\u2026\u3002\uff01\uff1f][\"'\u201d\u2019\u00b
 _MIN_FILL = 0.5
 _HEADING_TOKENS = 32
 _FIT_MARGIN = 0.85
+_EVEN_SLACK = 1.1
 
 
 @dataclass(frozen=True)
@@ -305,15 +306,18 @@ def _split_chunk(chunk: Chunk, length: int, max_tokens: int) -> list[Chunk]:
     if budget < max(1, count_tokens(body) // 8):  # the prefix leaves no room: drop it
         prefix, budget = "", math.floor(_FIT_MARGIN * max_tokens / ratio)
     units = _word_units(body, 0, len(body))
+    parts = max(2, math.ceil(length / (_FIT_MARGIN * max_tokens)))
     if len(units) > 1:
-        budget = max(1, min(budget, sum(unit.tokens for unit in units) - 1))
+        # Aim at ``parts`` pieces of similar size rather than full pieces and a small rest.
+        body_tokens = sum(unit.tokens for unit in units)
+        even = math.ceil(_EVEN_SLACK * body_tokens / parts)
+        budget = max(1, min(budget, even, body_tokens - 1))
         ranges = _pack(body, units, budget, 0)
         if len(ranges) == 1:  # the estimate said it fits: halve at the best break instead
             middle = len(units) // 2
             ranges = [(0, units[middle - 1].end), (units[middle].start, units[-1].end)]
     else:
         # One over-long word: cut by characters, the last resort.
-        parts = max(2, math.ceil(length / (_FIT_MARGIN * max_tokens)))
         step = max(1, math.ceil(len(body) / parts))
         ranges = [(s, min(s + step, len(body))) for s in range(0, len(body), step)]
     return [

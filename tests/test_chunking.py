@@ -7,6 +7,7 @@ import io
 import itertools
 import pickle
 import random
+from concurrent.futures import ProcessPoolExecutor
 
 import docx
 import pytest
@@ -14,7 +15,7 @@ from fpdf import FPDF
 
 from ingest.chunking import Chunk, ChunkingOptions, chunk_document, split_to_fit
 from ingest.detect import CSV, DOCX, MARKDOWN, PDF, TEXT
-from ingest.parsing import ParsedDocument, Section, parse_document
+from ingest.parsing import ParsedDocument, ParseError, Section, parse_document
 from ingest.tokens import count_tokens
 
 VOCABULARY = [
@@ -361,3 +362,28 @@ def test_chunks_and_options_are_picklable(long_text: ParsedDocument) -> None:
     options = ChunkingOptions(size_tokens=100, overlap_tokens=10, rows_per_chunk=2)
     chunks = chunk_document(long_text, options)
     assert pickle.loads(pickle.dumps((options, chunks))) == (options, chunks)
+
+
+def test_split_to_fit_makes_pieces_of_similar_size(long_text: ParsedDocument) -> None:
+    chunks = chunk_document(long_text, ChunkingOptions(size_tokens=256, overlap_tokens=0))
+    chunk = chunks[0]
+    for factor, expected in ((1.3, 2), (2.0, 3)):
+        pieces = split_to_fit([chunk], [int(chunk.tokens * factor)], chunk.tokens)
+        assert len(pieces) in (expected, expected + 1)
+        assert max(piece.tokens for piece in pieces) < 2 * min(piece.tokens for piece in pieces)
+
+
+def parse_and_chunk(data: bytes, content_type: str, options: ChunkingOptions) -> list[Chunk]:
+    return chunk_document(parse_document(data, content_type, "doc"), options)
+
+
+def test_parsing_and_chunking_run_in_a_process_pool() -> None:
+    options = ChunkingOptions(size_tokens=64, overlap_tokens=8)
+    data = prose(11, 5).encode()
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        remote = pool.submit(parse_and_chunk, data, TEXT, options).result(timeout=60)
+        failed = pool.submit(parse_and_chunk, b"%PDF-1.7 truncated", PDF, options)
+        with pytest.raises(ParseError) as caught:
+            failed.result(timeout=60)
+    assert remote == parse_and_chunk(data, TEXT, options)
+    assert caught.value.reason == "corrupt"
