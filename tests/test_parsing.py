@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 
 import docx
@@ -96,6 +97,18 @@ def test_pdf_truncated_is_corrupt(fraction: float) -> None:
     with pytest.raises(ParseError) as caught:
         parse_document(data[: int(len(data) * fraction)], PDF, "broken.pdf")
     assert caught.value.reason == "corrupt"
+
+
+def test_pdf_damaged_page_is_skipped_and_the_others_kept() -> None:
+    data = make_pdf()
+    second = list(re.finditer(rb"stream\n(.*?)\nendstream", data, re.S))[1]
+    damaged = data[: second.start(1)] + b"\xff" * len(second.group(1)) + data[second.end(1) :]
+    doc = parse_document(damaged, PDF, "damaged.pdf")
+    assert doc.pages == 3
+    assert [(section.page, section.text) for section in doc.sections] == [
+        (1, PAGE_SENTENCES[0]),
+        (3, PAGE_SENTENCES[2]),
+    ]
 
 
 def test_pdf_with_only_images_has_no_text() -> None:

@@ -2,7 +2,8 @@
 
 Failures are translated here into :class:`ParseError`: a file pypdf cannot read is ``"corrupt"``;
 an encrypted file that does not open with the empty password is ``"encrypted"``; a PDF whose
-pages give no text at all (a scan, images only) is ``"no_text"``.
+pages give no text at all (a scan, images only) is ``"no_text"``. A single damaged page is
+skipped; only when no page can be read is the file ``"corrupt"``.
 
 Page text is normalised: NULs and control characters removed, runs of spaces and tabs collapsed,
 trailing spaces on lines removed and runs of blank lines reduced to one.
@@ -11,6 +12,7 @@ trailing spaces on lines removed and runs of blank lines reduced to one.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import zlib
 
@@ -19,6 +21,8 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
 from ingest.parsing.model import ParsedDocument, ParseError, TextBuilder
 from ingest.parsing.text import normalise
+
+log = logging.getLogger(__name__)
 
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _LINE_END_SPACE = re.compile(r" +\n")
@@ -71,23 +75,37 @@ def _open(data: bytes, filename: str) -> PdfReader:
     return reader
 
 
-def parse_pdf(data: bytes, content_type: str, filename: str) -> ParsedDocument:
-    """Extract the text of every page, in order."""
-    reader = _open(data, filename)
-    builder = TextBuilder()
+def _page_count(reader: PdfReader, filename: str) -> int:
     try:
-        pages = reader.pages
-        page_count = len(pages)
-        for number, page in enumerate(pages, start=1):
-            builder.add(_clean(page.extract_text()), page=number)
+        return len(reader.pages)
     except FileNotDecryptedError as exc:
         raise ParseError("encrypted", f"{filename} is password-protected") from exc
     except _READ_ERRORS as exc:
-        raise ParseError(
-            "corrupt", f"{filename} is not a readable PDF (damaged or truncated)"
-        ) from exc
+        raise ParseError("corrupt", f"{filename} has a damaged page tree") from exc
+
+
+def parse_pdf(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+    """Extract the text of every page, in order.
+
+    A page whose text cannot be extracted is skipped (and logged) as long as another page can
+    be read: one damaged content stream should not lose a whole book.
+    """
+    reader = _open(data, filename)
+    page_count = _page_count(reader, filename)
     if page_count == 0:
         raise ParseError("empty", f"{filename} has no pages")
+    builder = TextBuilder()
+    failed: list[int] = []
+    for number in range(1, page_count + 1):
+        try:
+            text = reader.pages[number - 1].extract_text()
+        except _READ_ERRORS as exc:
+            log.warning("%s: page %d skipped: %s", filename, number, exc)
+            failed.append(number)
+            continue
+        builder.add(_clean(text), page=number)
+    if len(failed) == page_count:
+        raise ParseError("corrupt", f"{filename} is not a readable PDF (no page could be read)")
     if not builder.sections:
         raise ParseError(
             "no_text",
