@@ -10,6 +10,7 @@ import zipfile
 
 import docx
 import pytest
+from docx.oxml import OxmlElement
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
@@ -152,6 +153,25 @@ def test_docx_merged_cells_count_once() -> None:
     document.save(out)
     doc = parse_document(out.getvalue(), DOCX, "kit.docx")
     assert doc.text == "Item: Tent; Notes: Sleeps two"
+
+
+def test_docx_paragraphs_inside_content_controls_are_kept() -> None:
+    document = docx.Document()
+    document.add_paragraph("Before the control.")
+    inside = document.add_paragraph("Inside a content control.")
+    document.add_paragraph("After the control.")
+    sdt, content = OxmlElement("w:sdt"), OxmlElement("w:sdtContent")
+    inside._p.addprevious(sdt)
+    sdt.append(content)
+    content.append(inside._p)
+    out = io.BytesIO()
+    document.save(out)
+    doc = parse_document(out.getvalue(), DOCX, "controls.docx")
+    assert [section.text for section in doc.sections] == [
+        "Before the control.",
+        "Inside a content control.",
+        "After the control.",
+    ]
 
 
 @pytest.mark.parametrize("data", [b"PK\x03\x04 not really a zip", make_docx()[:5000]])

@@ -1,4 +1,5 @@
-"""DOCX parsing with python-docx: body paragraphs and tables in reading order.
+"""DOCX parsing with python-docx: body paragraphs and tables in reading order (content controls
+included).
 
 Paragraphs styled ``Title`` (level 0) or ``Heading N`` build the heading path; every paragraph,
 heading paragraphs included, is a ``"text"`` section carrying the path it sits under (a heading
@@ -15,9 +16,15 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from collections.abc import Iterator
 
 import docx
+from docx.document import Document as DocxDocument
 from docx.opc.exceptions import PackageNotFoundError
+from docx.oxml.ns import qn
+from docx.oxml.table import CT_Tbl
+from docx.oxml.text.paragraph import CT_P
+from docx.oxml.xmlchemy import BaseOxmlElement
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
@@ -29,6 +36,7 @@ EXPANSION_ALLOWANCE = 8 * 2**20
 
 _HEADING_STYLE = re.compile(r"^Heading ([1-9])$")
 _WHITESPACE = re.compile(r"\s+")
+_SDT, _SDT_CONTENT = qn("w:sdt"), qn("w:sdtContent")
 _OPEN_ERRORS = (
     PackageNotFoundError,
     zipfile.BadZipFile,
@@ -90,6 +98,21 @@ def table_lines(table: Table) -> list[str]:
     return [line for line in lines if line]
 
 
+def _blocks(container: BaseOxmlElement, parent: DocxDocument) -> Iterator[Paragraph | Table]:
+    """Paragraphs and tables in body order, including those inside content controls
+    (``w:sdt``, used by cover pages and many templates), which python-docx's own iteration skips.
+    """
+    for child in container.iterchildren():
+        if isinstance(child, CT_P):
+            yield Paragraph(child, parent)
+        elif isinstance(child, CT_Tbl):
+            yield Table(child, parent)
+        elif child.tag == _SDT:
+            content = child.find(_SDT_CONTENT)
+            if content is not None:
+                yield from _blocks(content, parent)
+
+
 def _check_expansion(data: bytes, filename: str) -> None:
     """Refuse archives that expand far beyond any real document (zip bombs)."""
     try:
@@ -115,7 +138,7 @@ def parse_docx(data: bytes, content_type: str, filename: str) -> ParsedDocument:
     builder = TextBuilder()
     stack: list[tuple[int, str]] = []
     try:
-        for block in document.iter_inner_content():
+        for block in _blocks(document.element.body, document):
             if isinstance(block, Table):
                 path = tuple(title for _, title in stack)
                 builder.add("\n".join(table_lines(block)), kind=TABLE, heading_path=path)
