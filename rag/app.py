@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from ingest import api as documents_api
 from ingest.samples import ingest_samples
+from rag.api import answer as answer_api
 from rag.api import health
 from rag.api import search as search_api
 from rag.errors import install_error_handlers
@@ -53,6 +54,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(documents_api.router)
     app.include_router(search_api.router)
+    app.include_router(answer_api.router)
     return app
 
 

@@ -154,6 +154,36 @@ class Settings(BaseSettings):
         None, description="Minimum cosine score of a dense search hit; None keeps every hit."
     )
 
+    # --- answers ---------------------------------------------------------------------------------
+    answer_top_k: int = Field(5, ge=1, le=20, description="Sources retrieved for an answer.")
+    answer_min_score: float = Field(
+        0.3,
+        description="Cosine score a source needs to be given to the model; with none above it the "
+        "service answers that it does not know, without calling the model.",
+    )
+    answer_max_tokens: int = Field(
+        256, ge=16, description="Token limit (n_predict) of a generated answer object."
+    )
+    answer_max_chars: int = Field(
+        600, ge=16, description="Longest answer text (maxLength in the grammar), in characters."
+    )
+    answer_temperature: float = Field(0.2, ge=0, description="Sampling temperature of answers.")
+    answer_repeat_penalty: float = Field(
+        1.15, ge=1, description="Repetition penalty of answers (small models repeat themselves)."
+    )
+    answer_template: str = Field(
+        "answer-v1", description="Prompt template version (a file in rag/prompts/)."
+    )
+    question_max_chars: int = Field(
+        1000, ge=1, description="Longest question accepted by POST /v1/answer, in characters."
+    )
+    citation_min_similarity: float = Field(
+        0.35,
+        description="Cosine similarity between the answer and a cited source below which the "
+        "citation is reported as unsupported.",
+    )
+    # --- end of answers ----------------------------------------------------------------------
+
     @property
     def registry_url(self) -> str:
         if self.database_url:
