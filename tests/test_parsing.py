@@ -244,6 +244,22 @@ def test_markdown_nested_headings() -> None:
     assert paths["More."] == ("Appendix",)
 
 
+def test_markdown_setext_headings_and_front_matter() -> None:
+    text = (
+        "---\ntitle: x\n---\n\nGuide\n=====\n\nIntro.\n\nSetup\n-----\n\nSteps.\n"
+        "Still steps\n---\n\nTail.\n"
+    )
+    doc = parse_document(text.encode(), MARKDOWN, "setext.md")
+    check_offsets(doc)
+    paths = {section.text: section.heading_path for section in doc.sections}
+    assert paths["---\ntitle: x\n---"] == ()
+    assert paths["Guide\n====="] == ("Guide",)
+    assert paths["Intro."] == ("Guide",)
+    assert paths["Setup\n-----"] == ("Guide", "Setup")
+    assert paths["Steps.\nStill steps\n---"] == ("Guide", "Setup")
+    assert paths["Tail."] == ("Guide", "Setup")
+
+
 def test_plain_text_paragraphs_with_crlf_and_nuls() -> None:
     data = b"First para\r\nstill first.\r\n\r\n\r\nSecond\x00 para.\n  \n\tThird.  "
     doc = parse_document(data, TEXT, "notes.txt")

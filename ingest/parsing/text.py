@@ -3,9 +3,10 @@
 Bytes are decoded as UTF-8 (with or without BOM) when they are valid UTF-8, otherwise with the
 encoding charset-normalizer detects (Windows-1252 / Latin-1 preferred among equally good
 guesses). Text is normalised (NULs and other control characters removed, line endings made
-``\n``) and then kept as it is: sections are ranges of it.
+``\\n``) and then kept as it is: sections are ranges of it.
 
-Plain text is split into paragraphs on blank lines. Markdown ``#`` headings (outside fenced code
+Plain text is split into paragraphs on blank lines. Markdown headings (ATX ``#`` lines, and setext
+lines underlined with ``===``/``---`` when the text is a single line; never inside fenced code
 blocks) build ``heading_path``; each heading line is its own section carrying its own path, and
 the paragraphs under it carry the same path.
 """
@@ -22,6 +23,7 @@ from ingest.parsing.model import TEXT, ParsedDocument, ParseError, Section
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _PREFERRED = ("utf_8", "cp1252", "latin_1", "iso8859_15")
 _TIE = 0.01
@@ -112,15 +114,31 @@ def parse_text(data: bytes, content_type: str, filename: str) -> ParsedDocument:
     return ParsedDocument(text, sections, None, content_type)
 
 
+def _heading(
+    content: str, line_start: int, previous: tuple[int, str] | None
+) -> tuple[int, str, int] | None:
+    """``(level, title, start)`` if this line ends a heading; ``start`` is where it begins."""
+    atx = _ATX_HEADING.match(content)
+    if atx:
+        start = line_start + len(content) - len(content.lstrip())
+        return len(atx.group(1)), (atx.group(2) or "").strip(), start
+    if previous is not None and _SETEXT_UNDERLINE.match(content):
+        level = 1 if content.strip()[0] == "=" else 2
+        return level, previous[1].strip(), previous[0]
+    return None
+
+
 def parse_markdown(data: bytes, content_type: str, filename: str) -> ParsedDocument:
-    """Markdown: ATX headings (``#`` .. ``######``) build the heading path."""
+    """Markdown: ATX (``#`` .. ``######``) and setext headings build the heading path."""
     text = normalise(decode_text(data, filename))
     _require_text(text, filename)
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
-    body_start = 0
+    body_start = offset = 0
     fence: str | None = None
-    offset = 0
+    # The previous line when it is a paragraph's first line: a setext underline may follow it.
+    previous: tuple[int, str] | None = None
+    after_blank = True
     for line in text.splitlines(keepends=True):
         line_start, offset = offset, offset + len(line)
         content = line.rstrip("\n")
@@ -131,20 +149,22 @@ def parse_markdown(data: bytes, content_type: str, filename: str) -> ParsedDocum
                 fence = marker
             elif marker[0] == fence[0] and len(marker) >= len(fence):
                 fence = None
+            previous, after_blank = None, False
             continue
-        heading = None if fence else _ATX_HEADING.match(content)
+        heading = None if fence else _heading(content, line_start, previous)
+        previous = (line_start, content) if after_blank and content.strip() and not fence else None
+        after_blank = not content.strip()
         if heading is None:
             continue
-        sections += _sections(text, paragraph_spans(text, body_start, line_start), _path(stack))
-        level, title = len(heading.group(1)), (heading.group(2) or "").strip()
+        level, title, start = heading
+        sections += _sections(text, paragraph_spans(text, body_start, start), _path(stack))
         while stack and stack[-1][0] >= level:
             stack.pop()
         if title:
             stack.append((level, title))
             end = line_start + len(content.rstrip())
-            start = end - len(content.strip())
             sections.append(Section(text[start:end], None, _path(stack), TEXT, start, end))
-        body_start = offset
+        body_start, previous, after_blank = offset, None, True
     sections += _sections(text, paragraph_spans(text, body_start, len(text)), _path(stack))
     return ParsedDocument(text, sections, None, content_type)
 
