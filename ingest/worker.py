@@ -122,13 +122,12 @@ class Workers:
         if document is None:  # deleted while queued
             await registry.complete_job(job.id, owner)
             return
-        await registry.update_document(document.id, status="processing", error=None)
 
         async def report(stage: str, done: int, total: int) -> None:
             await registry.set_progress(job.id, owner, stage, done, total)
 
         try:
-            data = await asyncio.to_thread(self.blobs.read, document.sha256)
+            data = await self.blobs.read(document.sha256)
             result = await ingest_document(
                 DocumentInfo(
                     id=document.id,
@@ -160,10 +159,7 @@ class Workers:
                 job.id, owner, "internal", f"unexpected {type(exc).__name__}", retryable=True
             )
             return
-        await registry.update_document(
-            document.id, status="ready", pages=result.pages, chunks=result.chunks, error=None
-        )
-        await registry.complete_job(job.id, owner)
+        await registry.complete_job(job.id, owner, pages=result.pages, chunks=result.chunks)
         self.processed += 1
 
 

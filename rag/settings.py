@@ -184,6 +184,20 @@ class Settings(BaseSettings):
     )
     # --- end of answers ----------------------------------------------------------------------
 
+    # --- evaluation ----------------------------------------------------------------------------
+    eval_dir: Path | None = Field(
+        None, description="Local Qdrant and reports of `rag eval run`; default: data_dir/eval."
+    )
+    eval_embedding_servers: int = Field(
+        1, ge=1, description="Embedding llama-server children that `rag eval run` starts."
+    )
+    eval_concurrency: int = Field(8, ge=1, description="Documents `rag eval run` ingests at once.")
+    eval_top_k: int = Field(100, ge=10, description="Documents ranked per query in evaluations.")
+    eval_regression_threshold: float = Field(
+        0.01, ge=0, description="Drop of a metric that `rag eval compare` flags as a regression."
+    )
+    # --- end of evaluation -------------------------------------------------------------------
+
     @property
     def registry_url(self) -> str:
         if self.database_url:
@@ -193,3 +207,16 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def settings_table(settings_class: type[BaseSettings] = Settings) -> str:
+    """The Markdown table of every setting, as docs/configuration.md shows it."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in settings_class.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        if isinstance(default, Path) and default.is_absolute():
+            default = str(default).replace(str(Path.home()), "~")
+        shown = "(none)" if default is None else f"`{default}`"
+        rows.append(f"| `{prefix}{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows) + "\n"

@@ -36,6 +36,7 @@ def _settings(**overrides: object) -> Settings:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return settings
 
 
@@ -154,3 +155,8 @@ def runtime_status_command(
         return
     for key, value in status.items():
         typer.echo(f"{key}: {value}")
+
+
+from rag.cli.evaluate import eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")

@@ -34,6 +34,10 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
+    # A portable x86-64-v3 build (AVX2, FMA, F16C). GGML_NATIVE=ON turns on the AMX kernels on
+    # CPUs that report AMX; on the reference machine they crash (SIGSEGV in
+    # ggml_backend_amx_mul_mat) when loading the Q4_1 SmolLM2 model.
+    "-DGGML_NATIVE=OFF",
 ]
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 

