@@ -272,6 +272,17 @@ def test_plain_text_paragraphs_with_crlf_and_nuls() -> None:
     assert all(section.heading_path == () and section.page is None for section in doc.sections)
 
 
+def test_unusual_line_breaks_become_newlines() -> None:
+    text = "one\u2028two\x0bthree\x85four\u2029five\x0csix\rseven"
+    doc = parse_document(text.encode(), TEXT, "breaks.txt")
+    assert doc.text == "one\ntwo\nthree\nfour\n\nfive\n\nsix\nseven"
+    assert [section.text for section in doc.sections] == [
+        "one\ntwo\nthree\nfour",
+        "five",
+        "six\nseven",
+    ]
+
+
 def test_text_utf16_with_bom() -> None:
     doc = parse_document("Grüße aus Köln.".encode("utf-16"), TEXT, "gruss.txt")
     assert doc.text == "Grüße aus Köln."

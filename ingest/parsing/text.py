@@ -20,6 +20,9 @@ from charset_normalizer import CharsetMatch, from_bytes
 
 from ingest.parsing.model import TEXT, ParsedDocument, ParseError, Section
 
+_LINE_BREAKS = str.maketrans(
+    {"\r": "\n", "\x0b": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n", "\x0c": "\n\n"}
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
@@ -72,8 +75,9 @@ def _undecodable(filename: str) -> ParseError:
 
 
 def normalise(text: str) -> str:
-    """Line endings to ``\\n``, form feeds to blank lines, NULs and other controls removed."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x0c", "\n\n")
+    """Line endings (CR LF, CR, vertical tab, NEL, Unicode line/paragraph separators) to ``\\n``,
+    form feeds to blank lines, NULs and other control characters removed."""
+    text = text.replace("\r\n", "\n").translate(_LINE_BREAKS)
     return _CONTROL.sub("", text)
 
 
