@@ -25,7 +25,7 @@ from docx.oxml.ns import qn
 from docx.oxml.table import CT_Tbl
 from docx.oxml.text.paragraph import CT_P
 from docx.oxml.xmlchemy import BaseOxmlElement
-from docx.table import Table
+from docx.table import Table, _Row
 from docx.text.paragraph import Paragraph
 
 from ingest.parsing.model import TABLE, ParsedDocument, ParseError, TextBuilder
@@ -62,26 +62,21 @@ def _heading_level(paragraph: Paragraph) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _row_cells(row_cells: list[object], texts: list[str]) -> list[str]:
-    """Texts of a row with horizontally merged cells (the same cell object) counted once."""
-    seen: list[object] = []
-    out: list[str] = []
-    for cell, text in zip(row_cells, texts, strict=True):
-        if any(cell is other for other in seen):
-            continue
-        seen.append(cell)
-        out.append(text)
-    return out
+def _row_texts(row: _Row) -> list[str]:
+    """Texts of a row's cells; a horizontally merged cell (repeated by python-docx) counts once."""
+    seen: set[int] = set()
+    texts: list[str] = []
+    for cell in row.cells:
+        element = cell._tc
+        if id(element) not in seen:
+            seen.add(id(element))
+            texts.append(_one_line(cell.text))
+    return texts
 
 
 def table_lines(table: Table) -> list[str]:
     """The table as readable lines, one per row (see the module docstring)."""
-    rows: list[list[str]] = []
-    for row in table.rows:
-        cells = row.cells
-        elements: list[object] = [cell._tc for cell in cells]
-        rows.append(_row_cells(elements, [_one_line(cell.text) for cell in cells]))
-    rows = [row for row in rows if any(row)]
+    rows = [texts for texts in map(_row_texts, table.rows) if any(texts)]
     if not rows:
         return []
     if len(rows) == 1:
