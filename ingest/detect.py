@@ -63,7 +63,6 @@ _MAGIC = (
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (b"Rar!", "a RAR archive"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office (.doc/.xls) file"),
-    (b"{\\rtf", "an RTF document"),
     (b"ID3", "an MP3 file"),
 )
 _TEXT_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -119,11 +118,14 @@ def _sniff(data: bytes) -> tuple[str | None, str]:
     if data.startswith(b"PK\x03\x04"):
         kind = _zip_kind(data)
         return kind, "a DOCX document" if kind else "a ZIP archive (not a DOCX document)"
+    if data.startswith(b"{\\rtf"):
+        return None, "an RTF document"
+    # Text first: some signatures ("MZ", "ID3") are also how a text file may begin.
+    if _is_text(data[:SAMPLE_BYTES], complete=len(data) <= SAMPLE_BYTES):
+        return TEXT, "plain text"
     for magic, description in _MAGIC:
         if data.startswith(magic):
             return None, description
-    if _is_text(data[:SAMPLE_BYTES], complete=len(data) <= SAMPLE_BYTES):
-        return TEXT, "plain text"
     return None, "binary data of an unknown kind"
 
 

@@ -71,6 +71,7 @@ def reason(data: bytes, filename: str, declared: str | None = None) -> str:
         ("Café crème, s'il vous plaît.".encode("latin-1"), "menu.txt", TEXT),
         ("Grüße".encode("utf-16"), "utf16.txt", TEXT),
         (pdf_bytes(), "actually-a-pdf.txt", PDF),
+        (b"MZ Holdings annual report\n", "report.txt", TEXT),
     ],
 )
 def test_detects_supported_types(data: bytes, filename: str, expected: str) -> None:
@@ -124,6 +125,8 @@ def test_mislabelled(data: bytes, filename: str, declared: str | None) -> None:
         (zip_bytes(), "bundle.zip", "a ZIP archive"),
         (random.Random(7).randbytes(4096), "noise.bin", "binary data of an unknown kind"),
         (b"text with a NUL\x00 byte", "odd.txt", "binary data"),
+        (b"{\\rtf1\\ansi Hello}", "letter.rtf", "an RTF document"),
+        (b"MZ\x90\x00\x03\x00\x00\x00", "setup.exe", "a Windows executable"),
     ],
 )
 def test_unsupported(data: bytes, filename: str, fragment: str) -> None:
