@@ -1,0 +1,197 @@
+"""Fixtures of the question-answering tests: a real generation llama-server, the service served
+by uvicorn on a free port with documents ingested through the real pipeline, and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from ingest.pipeline import DocumentInfo, ingest_document
+from rag.app import create_app
+from rag.runtime.children import generation_args
+from rag.runtime.prepare import PreparedRuntime
+from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.services import Services, ingest_options
+from rag.settings import Settings
+from tests.conftest import RunningServer
+
+COLLECTION = "qa"
+DOCUMENTS = {
+    "sea-otters.txt": (
+        "Sea otters hold hands while they sleep so that they do not drift apart. A group of "
+        "resting sea otters is called a raft. A sea otter keeps a favourite stone in a pouch of "
+        "loose skin under its forearm and uses it to crack open shellfish."
+    ),
+    "llama-slots.md": (
+        "# Slots\n\nllama-server splits its context evenly between its slots. Started with "
+        "-c 4096 and -np 2, every slot has a context of 2048 tokens. The /slots endpoint lists "
+        "the slots and whether each one is processing a request."
+    ),
+    "lighthouse.txt": (
+        "The Brightwater lighthouse was built in 1871 on Gull Rock. Its lamp is visible for 22 "
+        "nautical miles. The last keeper, Agnes Morrow, left the lighthouse in 1964, when the "
+        "light was automated."
+    ),
+}
+ANSWER_SETTINGS: dict[str, Any] = {
+    "answer_max_tokens": 96,  # two cores: keep generations short
+    "answer_max_chars": 160,
+    "answer_top_k": 3,
+    "answer_temperature": 0.0,
+    "workers": 0,
+    "pool_poll_interval": 0.2,
+    "pool_buffer_timeout": 3.0,
+}
+
+
+@pytest.fixture(scope="session")
+async def answer_generation_server(
+    base_settings: Settings, runtime: PreparedRuntime, session_http: httpx.AsyncClient
+) -> AsyncIterator[RunningServer]:
+    """A real generation llama-server (SmolLM2-135M-Instruct) with the service's own flags.
+
+    ``--no-repack``: on CPUs with AMX, llama.cpp's AMX repacking of Q4_1 weights crashes
+    (SIGSEGV in ggml_backend_amx_mul_mat at warm-up); without repacking the model runs."""
+    args = generation_args(base_settings, runtime.generation_model)
+    if "--no-repack" not in args:
+        args = (*args, "--no-repack")
+    spec = ChildSpec("answer-generation", "generation", args, free_port())
+    supervisor = Supervisor(
+        runtime.llama_server, [spec], logs_dir=base_settings.logs_dir, http=session_http
+    )
+    await supervisor.start()
+    if not await supervisor.wait_healthy(120):
+        await supervisor.stop()
+        pytest.fail(f"the generation llama-server did not start; logs in {base_settings.logs_dir}")
+    yield RunningServer(supervisor)
+    await supervisor.stop()
+
+
+@dataclass
+class ServedApp:
+    app: FastAPI
+    url: str
+    settings: Settings
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+
+def answer_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values = {**ANSWER_SETTINGS, "data_dir": data_dir, **overrides}
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[ServedApp]:
+    """The service (lifespan included) served by uvicorn on a free local port."""
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if not server.started:
+            raise RuntimeError("uvicorn did not start")
+        yield ServedApp(app, f"http://127.0.0.1:{port}", settings)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def ingest_texts(
+    services: Services, collection: str, documents: dict[str, str]
+) -> dict[str, str]:
+    """Ingest ``{filename: text}`` through the real pipeline; returns ``{filename: doc id}``."""
+    ids = {}
+    options = ingest_options(services.settings)
+
+    async def report(stage: str, done: int, total: int) -> None:
+        return None
+
+    for index, (filename, text) in enumerate(documents.items()):
+        document = DocumentInfo(
+            id=f"doc-{index}-{filename}",
+            collection=collection,
+            filename=filename,
+            content_type="text/markdown" if filename.endswith(".md") else "text/plain",
+            metadata={},
+        )
+        await ingest_document(
+            document,
+            text.encode(),
+            store=services.store,
+            embedder=services.embedder,
+            executor=None,
+            options=options,
+            report=report,
+        )
+        ids[filename] = document.id
+    return ids
+
+
+async def wait_pool_ready(services: Services, timeout: float = 30.0) -> None:
+    """Until both pools have a healthy upstream (their pollers run every 0.2 s here)."""
+    for _ in range(int(timeout / 0.1)):
+        pools = (services.embedding_pool.status(), services.generation_pool.status())
+        if all(any(u["state"] == "healthy" for u in p["upstreams"]) for p in pools):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"pools not ready: {pools}")
+
+
+@dataclass
+class QaApp:
+    served: ServedApp
+    documents: dict[str, str]  # filename -> document id
+    generation_url: str
+
+
+@pytest.fixture(scope="session")
+async def qa_app(
+    tmp_path_factory: pytest.TempPathFactory,
+    embedding_server: RunningServer,
+    answer_generation_server: RunningServer,
+) -> AsyncIterator[QaApp]:
+    """The service on the real llama-servers, with ``DOCUMENTS`` in collection ``qa``."""
+    settings = answer_settings(
+        tmp_path_factory.mktemp("qa"),
+        embedding_urls=[embedding_server.url],
+        generation_urls=[answer_generation_server.url],
+    )
+    async with serve(settings) as served:
+        await wait_pool_ready(served.services)
+        documents = await ingest_texts(served.services, COLLECTION, DOCUMENTS)
+        yield QaApp(served, documents, answer_generation_server.url)
+
+
+def parse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Server-Sent Events of a whole body as (event, data) pairs."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", ""
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+        events.append((name, json.loads(data) if data else {}))
+    return events
