@@ -387,3 +387,33 @@ def test_parsing_and_chunking_run_in_a_process_pool() -> None:
             failed.result(timeout=60)
     assert remote == parse_and_chunk(data, TEXT, options)
     assert caught.value.reason == "corrupt"
+
+
+def random_document(seed: int) -> str:
+    """Text with mixed scripts, punctuation, odd whitespace and the occasional very long word."""
+    rng = random.Random(seed)
+    words = [*VOCABULARY, "naïve", "Straße", "日本語のテキスト", "x²+y²", "—", "e.g.", "U.S.", "🙂"]
+    out = []
+    for _ in range(rng.randint(50, 600)):
+        word = "y" * rng.randint(200, 1500) if rng.random() < 0.01 else rng.choice(words)
+        out.append(word + rng.choice(["", "", "", ".", ",", "!", ":"]))
+        out.append(rng.choice([" ", " ", " ", "  ", "\n", "\n\n", "\t", " \n "]))
+    return "".join(out)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_invariants_hold_on_random_text(seed: int) -> None:
+    rng = random.Random(seed)
+    size = rng.choice([16, 48, 128, 256])
+    options = ChunkingOptions(size_tokens=size, overlap_tokens=rng.randint(0, size - 1))
+    doc = parse_document(random_document(seed).encode(), TEXT, "random.txt")
+    chunks = chunk_document(doc, options)
+    assert_well_formed(doc, chunks, None)
+    assert_covers_every_word(doc, chunks)
+    for chunk in chunks:
+        assert chunk.tokens <= size or len(chunk.text.split()) == 1
+    for previous, current in itertools.pairwise(chunks):
+        assert previous.char_start < current.char_start
+        assert previous.char_end < current.char_end
+    fitted, _ = fit(chunks, max(8, size // 2))
+    assert_covers_every_word(doc, fitted)
