@@ -36,7 +36,7 @@ def test_escape_split_across_chunks_is_held_back() -> None:
     assert extractor.feed('{"answer": "a\\') == "a"
     assert extractor.feed("u00") == ""
     assert extractor.feed("e9b") == "éb"
-    assert extractor.feed('\\ud83e') == ""
+    assert extractor.feed("\\ud83e") == ""
     assert extractor.feed('\\udda6"}') == "\U0001f9a6"
 
 
