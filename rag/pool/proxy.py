@@ -1,0 +1,103 @@
+"""Passing an upstream answer through unchanged, and watching it go by.
+
+``ObservedStream`` wraps the byte stream of an upstream response: it records the time to the first
+chunk and, from the tail of the answer, the generation speed that llama.cpp reports in its
+``timings`` object, without parsing or changing a byte. ``forward_headers`` and
+``response_headers`` drop the hop-by-hop headers that must not cross a proxy.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import httpx
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_TAIL_BYTES = 4096
+_PREDICTED_PER_SECOND = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
+_PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's request headers worth sending upstream."""
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+
+
+def response_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The upstream's response headers worth sending to the client."""
+    return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+
+
+def generation_timings(tail: bytes) -> tuple[float, int] | None:
+    """(tokens per second, tokens generated) from the last ``timings`` in ``tail``, if any."""
+    speeds = _PREDICTED_PER_SECOND.findall(tail)
+    counts = _PREDICTED_N.findall(tail)
+    if not speeds or not counts:
+        return None
+    try:
+        return float(speeds[-1]), int(counts[-1])
+    except ValueError:
+        return None
+
+
+class ObservedStream(httpx.AsyncByteStream):
+    """A response byte stream that reports its first chunk and its final timings."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncByteStream,
+        *,
+        started: float,
+        on_first_chunk: Callable[[float], None],
+        on_timings: Callable[[float, int], None],
+    ) -> None:
+        self._inner = inner
+        self._started = started
+        self._on_first_chunk = on_first_chunk
+        self._on_timings = on_timings
+        self._tail = b""
+        self._first = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            if self._first and chunk:
+                self._first = False
+                self._on_first_chunk(time.perf_counter() - self._started)
+            self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+            yield chunk
+        timings = generation_timings(self._tail)
+        if timings is not None:
+            self._on_timings(*timings)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def observe(
+    response: httpx.Response,
+    *,
+    started: float,
+    on_first_chunk: Callable[[float], None],
+    on_timings: Callable[[float, int], None],
+) -> None:
+    """Make ``response`` report its first chunk and timings as it is read."""
+    inner = response.stream
+    if isinstance(inner, httpx.AsyncByteStream):
+        response.stream = ObservedStream(
+            inner, started=started, on_first_chunk=on_first_chunk, on_timings=on_timings
+        )

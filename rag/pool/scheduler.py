@@ -1,0 +1,173 @@
+"""The scheduler: which upstream gets a request, when, and the buffer of those that wait.
+
+It holds the slot leases of one pool: ``acquire`` returns an upstream on which a slot has been
+reserved for the caller (at once, or after waiting in the bounded FIFO buffer), ``release`` gives
+it back and hands the freed slot to the oldest waiting request. The choice itself is
+``policy.choose``; the upstreams' state comes from the pool's pollers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+from rag.errors import RateLimited, UpstreamUnavailable
+from rag.pool.buffer import Waiter, WaitQueue
+from rag.pool.metrics import PoolMetrics
+from rag.pool.policy import Policy, choose
+from rag.pool.upstream import Upstream, UpstreamState
+
+AFFINITY_ENTRIES = 16384
+
+
+class Scheduler:
+    def __init__(
+        self,
+        name: str,
+        *,
+        policy: Policy,
+        buffer_size: int,
+        buffer_timeout: float,
+        quarantine: float,
+        poll_interval: float,
+        metrics: PoolMetrics,
+        affinity: bool,
+        affinity_slack: int,
+    ) -> None:
+        self.name = name
+        self.policy: Policy = policy
+        self.buffer_timeout = buffer_timeout
+        self.quarantine = quarantine
+        self.poll_interval = poll_interval
+        self.metrics = metrics
+        self.affinity = affinity
+        self.affinity_slack = affinity_slack
+        self.upstreams: dict[str, Upstream] = {}
+        self.idle: dict[str, asyncio.Event] = {}
+        self.buffer = WaitQueue(buffer_size)
+        self._affinity: OrderedDict[str, str] = OrderedDict()
+        self._turn = 0
+
+    def forget(self, url: str) -> None:
+        """Drop ``url`` from the membership and the affinity table."""
+        self.upstreams.pop(url, None)
+        self.idle.pop(url, None)
+        self._affinity = OrderedDict((k, v) for k, v in self._affinity.items() if v != url)
+        self.metrics.forget_upstream(self.name, url)
+        self.dispatch()
+
+    def fail_waiters(self, error: Exception) -> None:
+        for waiter in self.buffer:
+            self.buffer.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def pick(self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str]) -> Upstream | None:
+        now = time.monotonic()
+        usable = [u for u in self.upstreams.values() if u.usable(now) and u.url not in exclude]
+        owner = None
+        if self.affinity:
+            owner = next((self._affinity[k] for k in reversed(prefix) if k in self._affinity), None)
+        chosen = choose(
+            [u.candidate() for u in usable],
+            self.policy,
+            needs_slot=slot,
+            turn=self._turn,
+            affinity_url=owner,
+            affinity_slack=self.affinity_slack,
+        )
+        if chosen is None:
+            return None
+        self._turn += 1
+        return self.upstreams[chosen.url]
+
+    def reserve(self, upstream: Upstream, slot: bool, prefix: tuple[str, ...]) -> None:
+        upstream.requests += 1
+        if slot:
+            upstream.took_slot()
+        if self.affinity:
+            for key in prefix:
+                self._affinity[key] = upstream.url
+                self._affinity.move_to_end(key)
+            while len(self._affinity) > AFFINITY_ENTRIES:
+                self._affinity.popitem(last=False)
+        self.export(upstream)
+
+    def release(self, upstream: Upstream, slot: bool) -> None:
+        upstream.requests -= 1
+        if slot:
+            upstream.gave_slot()
+        if upstream.requests == 0 and upstream.url in self.idle:
+            self.idle[upstream.url].set()
+        self.export(upstream)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiting requests, oldest first."""
+        for waiter in self.buffer:
+            if waiter.future.done():
+                self.buffer.remove(waiter)
+                continue
+            upstream = self.pick(waiter.needs_slot, waiter.prefix, waiter.exclude)
+            if upstream is None:
+                continue
+            self.buffer.remove(waiter)
+            self.reserve(upstream, waiter.needs_slot, waiter.prefix)
+            waiter.future.set_result(upstream)
+        self.metrics.buffered.labels(self.name).set(len(self.buffer))
+        for upstream in self.upstreams.values():
+            self.export(upstream)
+
+    def export(self, upstream: Upstream) -> None:
+        labels = (self.name, upstream.url)
+        self.metrics.slots_busy.labels(*labels).set(upstream.slots_busy)
+        self.metrics.slots_total.labels(*labels).set(upstream.slots_total)
+        self.metrics.upstream_up.labels(*labels).set(1 if upstream.usable(time.monotonic()) else 0)
+
+    def none_can_serve(self, exclude: frozenset[str]) -> float | None:
+        """Seconds to suggest retrying after if no upstream could serve soon, else None."""
+        members = [u for u in self.upstreams.values() if not u.draining and u.url not in exclude]
+        if not members:
+            return self.quarantine
+        if all(u.state is UpstreamState.UNREACHABLE for u in members):
+            return max(1.0, self.poll_interval)
+        return None
+
+    async def acquire(
+        self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str]
+    ) -> Upstream:
+        retry_after = self.none_can_serve(exclude)
+        if retry_after is not None:
+            raise UpstreamUnavailable(
+                f"no upstream in pool {self.name} can take the request", retry_after=retry_after
+            )
+        if len(self.buffer) == 0:
+            upstream = self.pick(slot, prefix, exclude)
+            if upstream is not None:
+                self.reserve(upstream, slot, prefix)
+                return upstream
+        if self.buffer.full():
+            self.metrics.rejected.labels(self.name, "buffer_full").inc()
+            raise RateLimited(f"all slots of pool {self.name} are busy and its buffer is full")
+        future: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(slot, prefix, exclude, future)
+        self.buffer.push(waiter)
+        self.metrics.buffered.labels(self.name).set(len(self.buffer))
+        try:
+            async with asyncio.timeout(self.buffer_timeout):
+                return await future
+        except BaseException as exc:
+            self.buffer.remove(waiter)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result(), slot)
+            if isinstance(exc, TimeoutError):
+                self.metrics.rejected.labels(self.name, "buffer_timeout").inc()
+                raise UpstreamUnavailable(
+                    f"no slot of pool {self.name} freed within {self.buffer_timeout:g} s",
+                    retry_after=max(1.0, self.buffer_timeout / 4),
+                ) from None
+            raise
+        finally:
+            self.metrics.buffered.labels(self.name).set(len(self.buffer))
+            self.metrics.buffer_wait.labels(self.name).observe(time.monotonic() - waiter.enqueued)

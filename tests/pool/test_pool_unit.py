@@ -1,0 +1,222 @@
+"""The pool's scheduling against fake upstreams at the HTTP boundary (``httpx.MockTransport``).
+
+The real llama-server tests are in ``test_pool_servers.py``; these check the bookkeeping fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from rag.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
+from rag.pool import Pool, UpstreamRejected
+
+
+class FakeLlama:
+    """A llama-server stand-in: N slots; /completion holds a slot until ``release`` is set."""
+
+    def __init__(self, slots: int = 1, *, health: int = 200) -> None:
+        self.slots = slots
+        self.health = health
+        self.busy = 0
+        self.served = 0
+        self.release = asyncio.Event()
+        self.status = 200
+        self.down = False
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(self.health, json={"status": "ok"})
+        if path == "/props":
+            return httpx.Response(200, json={"total_slots": self.slots, "model_path": "m.gguf"})
+        if path == "/slots":
+            return httpx.Response(
+                200, json=[{"id": i, "is_processing": i < self.busy} for i in range(self.slots)]
+            )
+        if path == "/tokenize":
+            return httpx.Response(200, json={"tokens": [1, 2]})
+        if self.status != 200:
+            return httpx.Response(self.status, json={"error": {"message": "nope"}})
+        self.busy += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.busy -= 1
+        self.served += 1
+        return httpx.Response(200, json={"content": "ok", "echo": json.loads(request.content)})
+
+
+def transport(fakes: dict[str, FakeLlama]) -> httpx.MockTransport:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return await fakes[f"http://{request.url.host}"].handle(request)
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[dict[str, FakeLlama]]:
+    fakes = {"http://a": FakeLlama(), "http://b": FakeLlama()}
+    yield fakes
+    for fake in fakes.values():
+        fake.release.set()
+
+
+async def started_pool(fakes: dict[str, FakeLlama], **options: float) -> Pool:
+    http = httpx.AsyncClient(transport=transport(fakes), timeout=httpx.Timeout(5.0))
+    pool = Pool("test", http, poll_interval=0.05, **options)  # type: ignore[arg-type]
+    for url in fakes:
+        pool.add_upstream(url)
+    await pool.start()
+    for _ in range(100):
+        if all(u["state"] == "healthy" for u in pool.status()["upstreams"]):
+            break
+        await asyncio.sleep(0.01)
+    return pool
+
+
+async def test_spreads_by_slots_buffers_and_serves_in_order(fakes: dict[str, FakeLlama]) -> None:
+    pool = await started_pool(fakes, buffer_size=2, buffer_timeout=5.0)
+    try:
+        tasks = [
+            asyncio.create_task(pool.request("POST", "/completion", json={"n": n}))
+            for n in range(4)
+        ]
+        await asyncio.sleep(0.1)
+        status = pool.status()
+        assert [u["slots_busy"] for u in status["upstreams"]] == [1, 1]
+        assert status["buffered"] == 2
+        with pytest.raises(RateLimited):
+            await pool.request("POST", "/completion", json={"n": 99})
+        for fake in fakes.values():
+            fake.release.set()
+        answers = await asyncio.gather(*tasks)
+        assert [a.json()["echo"]["n"] for a in answers] == [0, 1, 2, 3]
+        assert pool.status()["buffered"] == 0
+        assert sum(u["requests_in_flight"] for u in pool.status()["upstreams"]) == 0
+    finally:
+        await pool.stop()
+        await pool.http.aclose()
+
+
+async def test_buffer_timeout_is_503_with_retry_after(fakes: dict[str, FakeLlama]) -> None:
+    pool = await started_pool(fakes, buffer_timeout=0.3)
+    try:
+        holders = [asyncio.create_task(pool.request("POST", "/completion", json={})) for _ in "ab"]
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await pool.request("POST", "/completion", json={})
+        assert caught.value.retry_after is not None
+        # requests that need no slot are not held up by busy slots
+        tokens = await pool.request("POST", "/tokenize", json={"content": "x"})
+        assert tokens.json() == {"tokens": [1, 2]}
+        for fake in fakes.values():
+            fake.release.set()
+        await asyncio.gather(*holders)
+    finally:
+        await pool.stop()
+        await pool.http.aclose()
+
+
+async def test_cancelled_waiter_and_holder_give_slots_back(fakes: dict[str, FakeLlama]) -> None:
+    pool = await started_pool(fakes)
+    try:
+        holders = [asyncio.create_task(pool.request("POST", "/completion", json={})) for _ in "ab"]
+        waiter = asyncio.create_task(pool.request("POST", "/completion", json={}))
+        await asyncio.sleep(0.05)
+        assert pool.status()["buffered"] == 1
+        waiter.cancel()
+        holders[0].cancel()
+        await asyncio.gather(waiter, holders[0], return_exceptions=True)
+        status = pool.status()
+        assert status["buffered"] == 0
+        assert sum(u["requests_in_flight"] for u in status["upstreams"]) == 1
+        for fake in fakes.values():
+            fake.release.set()
+        await holders[1]
+    finally:
+        await pool.stop()
+        await pool.http.aclose()
+
+
+async def test_connect_error_fails_over_and_quarantines(fakes: dict[str, FakeLlama]) -> None:
+    pool = await started_pool(fakes, quarantine=30.0)
+    try:
+        fakes["http://a"].down = True
+        for fake in fakes.values():
+            fake.release.set()
+        answers = [await pool.request("POST", "/completion", json={}) for _ in range(3)]
+        assert all(a.status_code == 200 for a in answers)
+        assert fakes["http://b"].served == 3
+        states = {u["url"]: u["state"] for u in pool.status()["upstreams"]}
+        assert states["http://a"] in ("quarantined", "unreachable")
+    finally:
+        await pool.stop()
+        await pool.http.aclose()
+
+
+async def test_4xx_is_passed_on_and_5xx_fails_over(fakes: dict[str, FakeLlama]) -> None:
+    pool = await started_pool(fakes)
+    try:
+        for fake in fakes.values():
+            fake.release.set()
+            fake.status = 400
+        with pytest.raises(UpstreamRejected) as rejected:
+            await pool.request("POST", "/completion", json={})
+        assert rejected.value.upstream_status == 400
+        fakes["http://a"].status = 500
+        fakes["http://b"].status = 200
+        for _ in range(3):
+            answer = await pool.request("POST", "/completion", json={})
+            assert answer.status_code == 200
+        fakes["http://b"].status = 500
+        with pytest.raises(UpstreamFailed):
+            await pool.request("POST", "/completion", json={})
+    finally:
+        await pool.stop()
+        await pool.http.aclose()
+
+
+async def test_no_upstream_is_503_and_draining_removal() -> None:
+    fake = FakeLlama()
+    http = httpx.AsyncClient(transport=transport({"http://a": fake}), timeout=httpx.Timeout(5.0))
+    pool = Pool("empty", http, poll_interval=0.05)
+    await pool.start()
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            await pool.request("POST", "/completion", json={})
+        pool.add_upstream("http://a/")
+        running = asyncio.create_task(pool.request("POST", "/completion", json={}))
+        await asyncio.sleep(0.2)
+        removal = asyncio.create_task(pool.remove_upstream("http://a"))
+        await asyncio.sleep(0.05)
+        assert not removal.done()
+        assert pool.status()["upstreams"][0]["draining"] is True
+        fake.release.set()
+        assert (await running).status_code == 200
+        await removal
+        assert pool.urls == []
+    finally:
+        await pool.stop()
+        await http.aclose()
+
+
+async def test_loading_upstream_is_not_chosen() -> None:
+    fakes = {"http://a": FakeLlama(health=503), "http://b": FakeLlama()}
+    fakes["http://b"].release.set()
+    pool = await started_pool(fakes)
+    try:
+        await asyncio.sleep(0.1)
+        for _ in range(4):
+            await pool.request("POST", "/completion", json={})
+        assert fakes["http://b"].served == 4
+        assert pool.status()["upstreams"][0]["state"] == "loading"
+    finally:
+        await pool.stop()
+        await pool.http.aclose()
