@@ -28,51 +28,51 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 async def upload_documents(request: Request) -> JSONResponse:
     services = services_of(request)
     settings = services.settings
-    form = await read_upload(
+    async with read_upload(
         request, max_bytes=settings.max_upload_bytes, max_files=settings.max_files_per_upload
-    )
-    accepted: list[tuple[UploadFile, str]] = []
-    for upload in form.files:  # check every file before storing any
-        filename = upload.filename or "upload"
-        await upload.seek(0)
-        data = await upload.read()
-        await upload.seek(0)
-        try:
-            content_type = await asyncio.to_thread(
-                detect_content_type, data, filename, upload.content_type
-            )
-        except DetectionError as exc:
-            error = InvalidRequest if exc.reason == "empty" else UnsupportedType
-            raise error(str(exc), filename=filename, reason=exc.reason) from exc
-        accepted.append((upload, content_type))
+    ) as form:
+        accepted: list[tuple[UploadFile, str]] = []
+        for upload in form.files:  # check every file before storing any
+            filename = upload.filename or "upload"
+            await upload.seek(0)
+            data = await upload.read()
+            await upload.seek(0)
+            try:
+                content_type = await asyncio.to_thread(
+                    detect_content_type, data, filename, upload.content_type
+                )
+            except DetectionError as exc:
+                error = InvalidRequest if exc.reason == "empty" else UnsupportedType
+                raise error(str(exc), filename=filename, reason=exc.reason) from exc
+            accepted.append((upload, content_type))
 
-    answers: list[dict[str, Any]] = []
-    created_any = False
-    for upload, content_type in accepted:
-        sha256, size, _ = await services.blobs.write_stream(
-            _chunks(upload), settings.max_upload_bytes
-        )
-        document, job, created = await services.registry.add_document(
-            collection=form.collection,
-            filename=upload.filename or "upload",
-            content_type=content_type,
-            sha256=sha256,
-            size=size,
-            metadata=form.metadata,
-            max_attempts=settings.job_max_attempts,
-        )
-        created_any = created_any or created
-        answers.append(
-            {
-                "id": document.id,
-                "job_id": job.id if job is not None else None,
-                "collection": document.collection,
-                "filename": document.filename,
-                "sha256": document.sha256,
-                "status": document.status,
-                "created": created,
-            }
-        )
+        answers: list[dict[str, Any]] = []
+        created_any = False
+        for upload, content_type in accepted:
+            sha256, size, _ = await services.blobs.write_stream(
+                _chunks(upload), settings.max_upload_bytes
+            )
+            document, job, created = await services.registry.add_document(
+                collection=form.collection,
+                filename=upload.filename or "upload",
+                content_type=content_type,
+                sha256=sha256,
+                size=size,
+                metadata=form.metadata,
+                max_attempts=settings.job_max_attempts,
+            )
+            created_any = created_any or created
+            answers.append(
+                {
+                    "id": document.id,
+                    "job_id": job.id if job is not None else None,
+                    "collection": document.collection,
+                    "filename": document.filename,
+                    "sha256": document.sha256,
+                    "status": document.status,
+                    "created": created,
+                }
+            )
     if created_any and services.workers is not None:
         services.workers.wake()
     return JSONResponse({"documents": answers}, status_code=202 if created_any else 200)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.types import Message
 
@@ -38,7 +40,11 @@ def check_collection(name: str) -> str:
     return name
 
 
-async def read_upload(request: Request, *, max_bytes: int, max_files: int) -> UploadForm:
+@asynccontextmanager
+async def read_upload(
+    request: Request, *, max_bytes: int, max_files: int
+) -> AsyncIterator[UploadForm]:
+    """The parsed upload; its spooled files are closed when the block ends."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"upload of {int(declared)} bytes exceeds the limit of {max_bytes}")
@@ -61,6 +67,13 @@ async def read_upload(request: Request, *, max_bytes: int, max_files: int) -> Up
         form = await limited.form(max_files=max_files, max_fields=16)
     except MultiPartException as exc:
         raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+    try:
+        yield _validated(form)
+    finally:
+        await form.close()
+
+
+def _validated(form: FormData) -> UploadForm:
     files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
     if not files:
         raise InvalidRequest("no 'file' part in the upload")

@@ -120,7 +120,7 @@ async def open_services(
         await generation_pool.start()
         stack.push_async_callback(generation_pool.stop)
 
-        registry = await Registry.connect(settings.registry_url)
+        registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
         stack.push_async_callback(registry.close)
         blobs = BlobStore(settings.data_dir / "blobs")
         store = VectorStore.open(

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the registry; default SQLite in data_dir. "
         "PostgreSQL: postgresql+asyncpg://user@host/db.",
     )
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema of the registry tables (default: the search_path)."
+    )
     qdrant_url: str | None = Field(
         None, description="Qdrant server URL; default: Qdrant local mode in data_dir/qdrant."
     )

@@ -57,9 +57,10 @@ class Hit:
 
 
 class VectorStore:
-    def __init__(self, client: AsyncQdrantClient, *, dimensions: int) -> None:
+    def __init__(self, client: AsyncQdrantClient, *, dimensions: int, server: bool) -> None:
         self.client = client
         self.dimensions = dimensions
+        self.server = server  # payload indexes only exist (and only matter) on a server
         self._known: set[str] = set()
 
     @classmethod
@@ -68,7 +69,7 @@ class VectorStore:
             client = AsyncQdrantClient(url=url, timeout=int(max(1, timeout)))
         else:
             client = AsyncQdrantClient(path=path)
-        return cls(client, dimensions=dimensions)
+        return cls(client, dimensions=dimensions, server=bool(url))
 
     async def close(self) -> None:
         await self.client.close()
@@ -96,7 +97,7 @@ class VectorStore:
                         SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
                     },
                 )
-                for field, schema in INDEXED_FIELDS.items():
+                for field, schema in INDEXED_FIELDS.items() if self.server else ():
                     await self.client.create_payload_index(name, field, field_schema=schema)
         except UnexpectedResponse as exc:
             if exc.status_code != 409:  # created meanwhile by another process

@@ -3,12 +3,18 @@ real llama-server children, started once per test session and stopped at its end
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from rag.runtime.children import embedding_args, generation_args
 from rag.runtime.prepare import PreparedRuntime, prepare_runtime
@@ -100,3 +106,55 @@ def postgres_url() -> Iterator[str]:
         "RAG_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
     )
     yield url
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: FastAPI) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port, lifespan included; yield its URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if task.done() or time.monotonic() > deadline:
+            server.should_exit = True
+            await task
+            pytest.fail("the app did not start")
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def service_settings(
+    base: Settings,
+    data_dir: Path,
+    embedding: RunningServer,
+    generation: RunningServer | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings of a service in ``data_dir`` that uses the session's real llama-servers."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "embedding_urls": embedding.urls,
+        "generation_urls": generation.urls if generation else [],
+        "pool_poll_interval": 0.2,
+        "job_lease_seconds": 5.0,
+    }
+    values.update(overrides)
+    return base.model_copy(update=values)
+
+
+async def wait_job(http: httpx.AsyncClient, base: str, job_id: str, timeout: float = 120) -> Any:
+    """Poll ``GET /v1/jobs/{id}`` until the job succeeds or fails; return its last state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = (await http.get(f"{base}/v1/jobs/{job_id}")).json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        await asyncio.sleep(0.1)
+    pytest.fail(f"job {job_id} did not finish within {timeout} s: {job}")

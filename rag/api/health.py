@@ -23,7 +23,7 @@ async def healthz() -> dict[str, str]:
 
 def _pool_check(status: dict[str, Any]) -> dict[str, Any]:
     upstreams = status.get("upstreams", [])
-    ready = [u["url"] for u in upstreams if u.get("state") == "ready"]
+    ready = [u["url"] for u in upstreams if u.get("state") == "healthy" and not u.get("draining")]
     if not upstreams:
         return {"ok": False, "problem": "no upstream registered"}
     if not ready:
