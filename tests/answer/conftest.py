@@ -95,9 +95,8 @@ def answer_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[ServedApp]:
-    """The service (lifespan included) served by uvicorn on a free local port."""
-    app = create_app(settings)
+async def serve_asgi(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` (lifespan included) served by uvicorn on a free local port; yields its URL."""
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
@@ -111,10 +110,18 @@ async def serve(settings: Settings) -> AsyncIterator[ServedApp]:
             await asyncio.sleep(0.05)
         if not server.started:
             raise RuntimeError("uvicorn did not start")
-        yield ServedApp(app, f"http://127.0.0.1:{port}", settings)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[ServedApp]:
+    """The service built by ``create_app(settings)``, served on a free local port."""
+    app = create_app(settings)
+    async with serve_asgi(app) as url:
+        yield ServedApp(app, url, settings)
 
 
 async def ingest_texts(
@@ -148,10 +155,14 @@ async def ingest_texts(
     return ids
 
 
-async def wait_pool_ready(services: Services, timeout: float = 30.0) -> None:
-    """Until both pools have a healthy upstream (their pollers run every 0.2 s here)."""
-    for _ in range(int(timeout / 0.1)):
-        pools = (services.embedding_pool.status(), services.generation_pool.status())
+async def wait_pool_ready(
+    services: Services, *, generation: bool = True, seconds: float = 30.0
+) -> None:
+    """Until the pools have a healthy upstream (their pollers run every 0.2 s here)."""
+    for _ in range(int(seconds / 0.1)):
+        pools = [services.embedding_pool.status()]
+        if generation:
+            pools.append(services.generation_pool.status())
         if all(any(u["state"] == "healthy" for u in p["upstreams"]) for p in pools):
             return
         await asyncio.sleep(0.1)

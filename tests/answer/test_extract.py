@@ -10,7 +10,8 @@ from rag.answer.extract import FieldExtractor
 
 OBJECTS = [
     '{"answer": "Sea otters hold hands.", "citations": [1]}',
-    '{\n  "answer": "tab\\there, quote \\" and backslash \\\\ and slash \\/",\n"citations": [1, 2]}',
+    '{\n  "answer": "tab\\there, quote \\" and backslash \\\\ and slash \\/",'
+    '\n"citations": [1, 2]}',
     '{"citations": [2, 1], "answer": "citations first: \\u00e9t\\u00e9"}',
     '{"answer": "emoji \\ud83e\\udda6 in a surrogate pair", "citations": [3]}',
     '{"other": {"answer": "nested, not this", "x": [1, {"y": "]}"}]}, "answer": "this one"}',
