@@ -160,3 +160,7 @@ def runtime_status_command(
 from rag.cli.evaluate import eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")
+
+from rag.cli.balancer import balancer  # noqa: E402
+
+app.command()(balancer)
