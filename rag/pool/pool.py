@@ -254,7 +254,7 @@ class Pool:
             finally:
                 await response.aclose()
                 self.scheduler.release(upstream, slot)
-            if status < 500:
+            if status < 500 or status == 501:  # the request itself is wrong, or not supported
                 raise UpstreamRejected(status, body, response.headers.get("content-type"))
             last = f"HTTP {status} from {upstream.url}"
             if status == 503:

@@ -1,0 +1,121 @@
+"""Fixtures of the pool tests: small real llama-servers (SmolLM2, ``-np 2``) and a balancer
+served by uvicorn in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from rag.runtime.build import ensure_llama_server
+from rag.runtime.models import ensure_generation_model
+from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.settings import Settings
+
+SLOTS = 2
+
+
+@dataclass(frozen=True)
+class Binaries:
+    llama_server: Path
+    generation_model: Path
+
+
+@pytest.fixture(scope="session")
+def binaries(base_settings: Settings) -> Binaries:
+    """The real llama-server and SmolLM2 (built/prepared once into the user cache)."""
+    return Binaries(ensure_llama_server(base_settings), ensure_generation_model(base_settings))
+
+
+def server_args(model: Path) -> tuple[str, ...]:
+    return ("-m", str(model), "-c", str(512 * SLOTS), "-np", str(SLOTS), "-t", "1", "--no-webui")
+
+
+async def start_servers(
+    settings: Settings, binaries: Binaries, names: list[str], http: httpx.AsyncClient
+) -> Supervisor:
+    specs = [
+        ChildSpec(name, "generation", server_args(binaries.generation_model), free_port())
+        for name in names
+    ]
+    supervisor = Supervisor(
+        binaries.llama_server, specs, logs_dir=settings.logs_dir, http=http, backoff_max=2.0
+    )
+    await supervisor.start()
+    if not await supervisor.wait_healthy(120):
+        await supervisor.stop()
+        pytest.fail(f"llama-server children did not become healthy; logs in {settings.logs_dir}")
+    return supervisor
+
+
+@pytest.fixture(scope="session")
+async def pool_http() -> AsyncIterator[httpx.AsyncClient]:
+    timeout = httpx.Timeout(connect=2.0, read=120.0, write=30.0, pool=5.0)
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def upstreams(
+    base_settings: Settings, binaries: Binaries, pool_http: httpx.AsyncClient
+) -> AsyncIterator[list[str]]:
+    """Two real generation llama-servers with two slots each, for the whole session."""
+    supervisor = await start_servers(base_settings, binaries, ["pool-a", "pool-b"], pool_http)
+    yield [child.spec.url for child in supervisor.children]
+    await supervisor.stop()
+
+
+async def busy_slots(http: httpx.AsyncClient, url: str) -> int:
+    slots = (await http.get(f"{url}/slots")).json()
+    return sum(1 for slot in slots if slot["is_processing"])
+
+
+async def wait_for(predicate: Any, within: float = 10.0, step: float = 0.05) -> bool:
+    """Await ``predicate()`` (sync or async) until true or ``within`` seconds passed."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(step)
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        if not await wait_for(lambda: server.started or task.done(), within=10):
+            pytest.fail("the balancer did not start")
+        if task.done():
+            task.result()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+HOLD = {"prompt": "Count from one to one thousand: one, two,", "n_predict": 400, "ignore_eos": True}
+
+
+@pytest.fixture
+def hold_body() -> dict[str, Any]:
+    """A streaming /completion that keeps a slot busy until the client goes."""
+    return {**HOLD, "stream": True}

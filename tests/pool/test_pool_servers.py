@@ -1,0 +1,143 @@
+"""The in-process ``Pool`` against several real llama-servers with the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import httpx
+import pytest
+
+from rag.pool import Pool
+from rag.settings import Settings
+from tests.pool.conftest import Binaries, busy_slots, start_servers, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SHORT = {"prompt": "The capital of France is", "n_predict": 4}
+
+
+async def hold_through(pool: Pool, body: dict[str, Any], started: asyncio.Event) -> None:
+    async with pool.stream("POST", "/completion", json=body) as response:
+        async for _ in response.aiter_raw():
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+
+
+async def hold_direct(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    async with http.stream("POST", f"{url}/completion", json=body) as response:
+        async for _ in response.aiter_raw():
+            await asyncio.Event().wait()
+
+
+async def healthy_pool(http: httpx.AsyncClient, urls: list[str], **options: Any) -> Pool:
+    pool = Pool("test", http, **options)
+    for url in urls:
+        pool.add_upstream(url)
+    await pool.start()
+    ready = await wait_for(
+        lambda: all(u["state"] == "healthy" for u in pool.status()["upstreams"]), within=30
+    )
+    assert ready, pool.status()
+    return pool
+
+
+async def cancel(*tasks: asyncio.Task[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_spread_by_free_slots_and_buffer_served_when_a_slot_frees(
+    upstreams: list[str], pool_http: httpx.AsyncClient, hold_body: dict[str, Any]
+) -> None:
+    a, b = upstreams
+    # another client holds one slot of A; the pool learns it from /slots
+    direct = asyncio.create_task(hold_direct(pool_http, a, hold_body))
+    holders: list[asyncio.Task[None]] = []
+    pool: Pool | None = None
+    try:
+        assert await wait_for(lambda: busy_slots(pool_http, a), within=30)
+        # a long poll interval: whatever happens below is driven by events, not by the tick
+        pool = await healthy_pool(pool_http, upstreams, poll_interval=3.0)
+        for _ in range(3):
+            started = asyncio.Event()
+            holders.append(asyncio.create_task(hold_through(pool, hold_body, started)))
+            await asyncio.wait_for(started.wait(), 60)
+        # slot-aware: B got two, A one; no request queues inside a llama-server
+        assert await busy_slots(pool_http, a) == 2
+        assert await busy_slots(pool_http, b) == 2
+        waiting = asyncio.create_task(pool.request("POST", "/completion", json=SHORT))
+        assert await wait_for(lambda: pool is not None and pool.status()["buffered"] == 1)
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await cancel(holders.pop(0))
+        assert await wait_for(lambda: pool is not None and pool.status()["buffered"] == 0, 0.5)
+        answer = await asyncio.wait_for(waiting, 60)
+        assert answer.status_code == 200
+        assert answer.json()["tokens_predicted"] > 0
+    finally:
+        await cancel(direct, *holders)
+        if pool is not None:
+            await pool.stop()
+    for url in upstreams:
+        assert await wait_for(lambda url=url: _idle(pool_http, url), within=10)
+
+
+async def _idle(http: httpx.AsyncClient, url: str) -> bool:
+    return await busy_slots(http, url) == 0
+
+
+async def test_cancelled_stream_frees_the_slot_at_once(
+    upstreams: list[str], pool_http: httpx.AsyncClient, hold_body: dict[str, Any]
+) -> None:
+    pool = await healthy_pool(pool_http, upstreams[:1], poll_interval=0.2)
+    try:
+        started = asyncio.Event()
+        holder = asyncio.create_task(hold_through(pool, hold_body, started))
+        await asyncio.wait_for(started.wait(), 60)
+        assert await busy_slots(pool_http, upstreams[0]) == 1
+        await cancel(holder)
+        assert pool.status()["upstreams"][0]["requests_in_flight"] == 0
+        assert await wait_for(lambda: _idle(pool_http, upstreams[0]), within=3)
+    finally:
+        await pool.stop()
+
+
+async def test_killed_upstream_is_taken_out_and_pending_requests_fail_over(
+    base_settings: Settings,
+    binaries: Binaries,
+    upstreams: list[str],
+    pool_http: httpx.AsyncClient,
+) -> None:
+    supervisor = await start_servers(base_settings, binaries, ["pool-victim"], pool_http)
+    victim = supervisor.children[0]
+    pool = await healthy_pool(pool_http, [upstreams[1], victim.spec.url], poll_interval=0.3)
+    try:
+        body = {"prompt": "Write a story about a cat:", "n_predict": 24}
+        tasks = [
+            asyncio.create_task(pool.request("POST", "/completion", json=body)) for _ in range(4)
+        ]
+        assert await wait_for(lambda: _busy_at_least(pool_http, victim.spec.url, 2), within=60)
+        assert victim.process is not None
+        victim.process.kill()  # mid-generation: nothing of these answers was sent yet
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 240)
+        assert [a.status_code for a in answers] == [200] * 4
+        assert all(a.json()["tokens_predicted"] > 0 for a in answers)
+        failovers = pool.metrics.failovers.labels("test")._value.get()
+        assert failovers >= 2
+        entry = next(u for u in pool.status()["upstreams"] if u["url"] == victim.spec.url)
+        assert entry["errors"] >= 1
+        # while it is down (restarting), new requests go to the other upstream without error
+        answer = await pool.request("POST", "/completion", json=SHORT)
+        assert answer.status_code == 200
+    finally:
+        await pool.stop()
+        await supervisor.stop()
+
+
+async def _busy_at_least(http: httpx.AsyncClient, url: str, n: int) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return await busy_slots(http, url) >= n
+    return False
