@@ -164,3 +164,7 @@ app.add_typer(eval_app, name="eval")
 from rag.cli.balancer import balancer  # noqa: E402
 
 app.command()(balancer)
+
+from rag.cli.ask import ask  # noqa: E402
+
+app.command()(ask)
