@@ -1,7 +1,8 @@
 """The pool's own refinement of the error tree (see ``rag.errors``).
 
-``UpstreamRejected`` is an ``UpstreamFailed`` that carries the upstream's 4xx (or 501) status and body, so
-that the balancer can pass them through unchanged to a client that expects a ``llama-server``.
+``UpstreamRejected`` is an ``UpstreamFailed`` that carries the upstream's 4xx (or 501) status and
+body, so that the balancer can pass them through unchanged to a client that expects a
+``llama-server``.
 """
 
 from __future__ import annotations
