@@ -1,7 +1,8 @@
 """The balancer app factory: ``create_balancer_app(settings)``.
 
-Its lifespan owns the one ``httpx.AsyncClient`` to the upstreams and the ``Pool``; the routes
-(``routes.py``) proxy the llama.cpp and OpenAI endpoints through the pool and manage it.
+Its lifespan owns the one ``httpx.AsyncClient`` to the upstreams and the ``Pool``. The proxied
+llama.cpp / OpenAI endpoints are answered by ``proxy.ProxyApp`` (plain ASGI, the hot path); the
+FastAPI routes (``routes.py``) serve health, pool status and membership, and metrics.
 """
 
 from __future__ import annotations
@@ -9,30 +10,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from rag.balancer.proxy import ProxyApp
 from rag.balancer.routes import router
 from rag.balancer.settings import BalancerSettings
 from rag.errors import install_error_handlers
 from rag.pool import Pool, PoolMetrics, UpstreamRejected
+from rag.pool.client import pool_client
 from rag.requestid import RequestIdMiddleware
-
-
-def upstream_client(settings: BalancerSettings) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(
-        connect=settings.connect_timeout,
-        read=settings.read_timeout,
-        write=settings.read_timeout,
-        pool=settings.connect_timeout,
-    )
-    limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=min(settings.max_connections, 128),
-        keepalive_expiry=4.0,  # below llama-server's 5 s, so a reused connection is never stale
-    )
-    return httpx.AsyncClient(timeout=timeout, limits=limits)
 
 
 def create_balancer_app(settings: BalancerSettings) -> FastAPI:
@@ -40,7 +27,11 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with upstream_client(settings) as http:
+        async with pool_client(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            max_connections=settings.max_connections,
+        ) as http:
             pool = Pool(
                 "balancer",
                 http,
@@ -75,6 +66,12 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_exception_handler(UpstreamRejected, _on_rejected)
+    app.add_middleware(
+        ProxyApp,
+        fastapi=app,
+        affinity=settings.affinity,
+        block=settings.affinity_block_chars,
+    )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     return app

@@ -34,6 +34,7 @@ def balancer(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call and poll
     if not settings.upstreams:
         typer.echo("no upstream yet: register some with POST /v1/pool/upstreams", err=True)
     uvicorn.run(
@@ -41,4 +42,5 @@ def balancer(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=settings.log_level == "debug",  # a line per request costs ~10% of the CPU
     )

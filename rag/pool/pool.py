@@ -240,10 +240,11 @@ class Pool:
             self.metrics.requests.labels(self.name, upstream.url, str(status)).inc()
             if status < 400:
                 if not read_body:
+                    sse = response.headers.get("content-type", "").startswith("text/event-stream")
                     observe(
                         response,
                         started=started,
-                        on_first_chunk=self.metrics.ttft.labels(self.name).observe,
+                        on_first_chunk=self.metrics.ttft.labels(self.name).observe if sse else None,
                         on_timings=self._record_timings,
                     )
                 return upstream, response, slot

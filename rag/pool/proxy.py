@@ -56,14 +56,15 @@ def generation_timings(tail: bytes) -> tuple[float, int] | None:
 
 
 class ObservedStream(httpx.AsyncByteStream):
-    """A response byte stream that reports its first chunk and its final timings."""
+    """A response byte stream that reports its first chunk (time to first token of a
+    stream) and its final timings."""
 
     def __init__(
         self,
         inner: httpx.AsyncByteStream,
         *,
         started: float,
-        on_first_chunk: Callable[[float], None],
+        on_first_chunk: Callable[[float], None] | None,
         on_timings: Callable[[float, int], None],
     ) -> None:
         self._inner = inner
@@ -77,7 +78,8 @@ class ObservedStream(httpx.AsyncByteStream):
         async for chunk in self._inner:
             if self._first and chunk:
                 self._first = False
-                self._on_first_chunk(time.perf_counter() - self._started)
+                if self._on_first_chunk is not None:
+                    self._on_first_chunk(time.perf_counter() - self._started)
             self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
             yield chunk
         timings = generation_timings(self._tail)
@@ -92,7 +94,7 @@ def observe(
     response: httpx.Response,
     *,
     started: float,
-    on_first_chunk: Callable[[float], None],
+    on_first_chunk: Callable[[float], None] | None,
     on_timings: Callable[[float, int], None],
 ) -> None:
     """Make ``response`` report its first chunk and timings as it is read."""

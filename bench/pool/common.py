@@ -1,0 +1,316 @@
+"""What the pool benchmarks share: real llama-servers, the balancer and nginx as processes on
+loopback ports, a streaming load client that measures time to first token, and the writers of
+the JSON / Markdown / PNG results.
+
+Everything listens on 127.0.0.1 only, every loop is bounded, every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rag.runtime.build import ensure_llama_server
+from rag.runtime.models import ensure_generation_model
+from rag.runtime.supervisor import free_port
+from rag.settings import Settings
+
+OUT_DIR = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
+TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=300.0)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _wait_ready(url: str, path: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180
+    with httpx.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{url} exited; see {log}:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get(f"{url}{path}").status_code == 200:
+                    return
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after 180 s; see {log}")
+
+
+def _stop(procs: Sequence[Proc]) -> None:
+    for proc in procs:
+        if proc.process.poll() is None:
+            proc.process.terminate()
+    for proc in procs:
+        try:
+            proc.process.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.process.kill()
+            proc.process.wait()
+
+
+@contextlib.contextmanager
+def llama_servers(count: int, *, slots: int, ctx: int, workdir: Path) -> Iterator[list[str]]:
+    """``count`` real llama-servers (SmolLM2-135M, ``-np slots -c ctx -t 1``)."""
+    settings = Settings()
+    binary = ensure_llama_server(settings)
+    model = ensure_generation_model(settings)
+    procs: list[Proc] = []
+    try:
+        for index in range(count):
+            port = free_port()
+            log = workdir / f"llama-{index}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [str(binary), "-m", str(model), "-c", str(ctx), "-np", str(slots), "-t", "1",
+                     "--no-webui", "--host", "127.0.0.1", "--port", str(port)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            procs.append(Proc(f"http://127.0.0.1:{port}", process, log))
+        for proc in procs:
+            _wait_ready(proc.url, "/health", proc.process, proc.log)
+        yield [proc.url for proc in procs]
+    finally:
+        _stop(procs)
+
+
+@contextlib.contextmanager
+def balancer(
+    upstreams: Sequence[str], *, workdir: Path, policy: str = "slots", **env: str
+) -> Iterator[str]:
+    """``rag balancer`` in its own process, exactly as an operator starts it."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "rag"), "balancer", "--port", str(port)]
+    command += ["--policy", policy]
+    for url in upstreams:
+        command += ["--upstream", url]
+    environment = {**os.environ, "RAG_BALANCER_LOG_LEVEL": "warning"}
+    environment.update({f"RAG_BALANCER_{k.upper()}": v for k, v in env.items()})
+    log = workdir / f"balancer-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=environment,
+        )  # fmt: skip
+    proc = Proc(f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_ready(proc.url, "/health", process, log)
+        yield proc.url
+    finally:
+        _stop([proc])
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream llama {{
+        least_conn;
+{servers}
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://llama;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_least_conn(upstreams: Sequence[str], *, workdir: Path) -> Iterator[str]:
+    """Debian's nginx with ``least_conn`` over ``upstreams``, in the foreground, then stopped."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise RuntimeError("nginx not found: apt-get install -y nginx")
+    conf_dir = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))
+    port = free_port()
+    servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in upstreams)
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, servers=servers))
+    log = conf_dir / "stdout.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [binary, "-p", str(conf_dir), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+        )
+    proc = Proc(f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_ready(proc.url, "/health", process, log)
+        yield proc.url
+    finally:
+        _stop([proc])
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    ttft: float  # seconds to the first streamed token
+    total: float  # seconds to the end of the answer
+    tokens: int  # tokens generated
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens re-used from the KV cache
+    ok: bool
+
+
+async def stream_completion(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
+    """One streamed /completion; the first ``data:`` event with content is the first token."""
+    started = time.perf_counter()
+    ttft = float("nan")
+    last: dict[str, Any] = {}
+    try:
+        async with http.stream("POST", f"{url}/completion", json={**body, "stream": True}) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return Sample(float("nan"), time.perf_counter() - started, 0, 0, 0, False)
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                if ttft != ttft and event.get("content"):
+                    ttft = time.perf_counter() - started
+                last = event
+    except httpx.HTTPError:
+        return Sample(float("nan"), time.perf_counter() - started, 0, 0, 0, False)
+    timings = last.get("timings", {})
+    return Sample(
+        ttft if ttft == ttft else time.perf_counter() - started,
+        time.perf_counter() - started,
+        int(timings.get("predicted_n", 0)),
+        int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0)),
+        int(timings.get("cache_n", 0)),
+        bool(last.get("stop")),
+    )
+
+
+async def closed_loop(
+    url: str, workloads: Sequence[Sequence[dict[str, Any]]]
+) -> tuple[list[Sample], float]:
+    """One client per workload, each sending its requests one after the other."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
+        started = time.perf_counter()
+
+        async def client(bodies: Sequence[dict[str, Any]]) -> list[Sample]:
+            return [await stream_completion(http, url, body) for body in bodies]
+
+        results = await asyncio.gather(*(client(bodies) for bodies in workloads))
+        wall = time.perf_counter() - started
+    return [sample for samples in results for sample in samples], wall
+
+
+def samples_dict(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in samples]
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def write_results(name: str, result: dict[str, Any], markdown: str) -> list[Path]:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = OUT_DIR / f"{name}.json"
+    md_path = OUT_DIR / f"{name}.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path.write_text(markdown)
+    return [json_path, md_path]
+
+
+def bar_plot(
+    name: str, title: str, groups: dict[str, dict[str, float]], ylabel: str
+) -> Path | None:
+    """Grouped bars (one group per metric, one bar per variant); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return None
+    metrics = list(groups)
+    variants = list(next(iter(groups.values())))
+    width = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, variant in enumerate(variants):
+        xs = [m + i * width for m in range(len(metrics))]
+        ax.bar(xs, [groups[metric][variant] for metric in metrics], width, label=variant)
+    ax.set_xticks([m + width * (len(variants) - 1) / 2 for m in range(len(metrics))], metrics)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.legend()
+    fig.tight_layout()
+    path = OUT_DIR / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@contextlib.contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
