@@ -32,7 +32,9 @@ Report = Callable[[str, int, int], Awaitable[None]]
 class IngestOptions:
     chunking: ChunkingOptions
     embedding_max_tokens: int = 256  # model tokens per input, special tokens included
-    upsert_batch: int = 128
+    upsert_batch: int = (
+        128  # chunks per Qdrant upsert; one group is embedded while another is stored
+    )
 
 
 @dataclass(frozen=True)
@@ -94,25 +96,33 @@ async def ingest_document(
     await store.ensure_collection(document.collection)
     total = len(chunks)
     await report("embedding", 0, total)
+    groups = [chunks[i : i + options.upsert_batch] for i in range(0, total, options.upsert_batch)]
     done = 0
-    for start in range(0, total, options.upsert_batch):
-        batch = chunks[start : start + options.upsert_batch]
-        vectors = await embedder.embed([chunk.text for chunk in batch])
-        await store.upsert(
-            document.collection,
-            [
-                ChunkPoint(
-                    document_id=document.id,
-                    chunk_index=chunk.index,
-                    vector=vector,
-                    text=chunk.text,
-                    payload=_payload(document, chunk),
-                )
-                for chunk, vector in zip(batch, vectors, strict=True)
-            ],
-        )
-        done += len(batch)
-        await report("embedding", done, total)
+    # Embed group i+1 while group i is upserted, so the embedding slots never wait on Qdrant.
+    pending = asyncio.ensure_future(embedder.embed([c.text for c in groups[0]]))
+    try:
+        for index, group in enumerate(groups):
+            vectors = await pending
+            if index + 1 < len(groups):
+                pending = asyncio.ensure_future(embedder.embed([c.text for c in groups[index + 1]]))
+            await store.upsert(
+                document.collection,
+                [
+                    ChunkPoint(
+                        document_id=document.id,
+                        chunk_index=chunk.index,
+                        vector=vector,
+                        text=chunk.text,
+                        payload=_payload(document, chunk),
+                    )
+                    for chunk, vector in zip(group, vectors, strict=True)
+                ],
+            )
+            done += len(group)
+            await report("embedding", done, total)
+    finally:
+        if not pending.done():
+            pending.cancel()
     await store.delete_document(document.collection, document.id, from_index=total)
     return IngestResult(pages=pages, chunks=total)
 

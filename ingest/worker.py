@@ -94,10 +94,11 @@ class Workers:
         work = asyncio.create_task(self._process(job, owner))
         keeper = asyncio.create_task(self._keep_lease(job.id, owner, work))
         try:
-            await work
+            await asyncio.shield(work)
         except asyncio.CancelledError:
-            if not work.cancelled():
-                raise  # this worker is stopping; the lease will expire and the job be re-run
+            if not work.done():  # this worker is stopping: the lease expires, the job is re-run
+                work.cancel()
+                raise
             log.warning("job %s: lease lost, stopped working on it", job.id)
         finally:
             keeper.cancel()

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,8 @@ def ingest_options(settings: Settings) -> IngestOptions:
             rows_per_chunk=settings.csv_rows_per_chunk,
         ),
         embedding_max_tokens=settings.embedding_max_tokens,
+        # one group keeps every embedding call of a round in flight
+        upsert_batch=settings.embedding_batch_size * settings.embedding_concurrency,
     )
 
 
@@ -158,7 +161,11 @@ async def open_services(
             await services.supervisor.start()
             stack.push_async_callback(services.supervisor.stop)
         if run_workers and settings.workers > 0:
-            executor = stack.enter_context(ProcessPoolExecutor(settings.parse_processes))
+            # spawn, not fork: a forked child would inherit (and outlive us holding) the lock of
+            # Qdrant local mode and every other descriptor this process has open
+            executor = stack.enter_context(
+                ProcessPoolExecutor(settings.parse_processes, mp_context=get_context("spawn"))
+            )
             services.workers = Workers(
                 registry=registry,
                 blobs=blobs,
