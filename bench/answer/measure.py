@@ -1,0 +1,160 @@
+"""The measurements: time to the first answer character through ``POST /v1/answer`` and straight
+from the generation llama-server with the same final prompt, and search latency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+from rag.answer import AnswerService, Question
+from rag.answer.extract import FieldExtractor
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 0.5) * 1000, 2),
+        "p90_ms": round(percentile(values, 0.9) * 1000, 2),
+        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else float("nan"),
+    }
+
+
+async def erase_slots(http: httpx.AsyncClient, generation_url: str, slots: int) -> None:
+    """Empty every slot's prompt cache, so that both arms process the whole prompt."""
+    for slot in range(slots):
+        response = await http.post(f"{generation_url}/slots/{slot}?action=erase")
+        response.raise_for_status()
+
+
+async def wait_idle(http: httpx.AsyncClient, generation_url: str) -> None:
+    for _ in range(300):
+        slots = (await http.get(f"{generation_url}/slots")).json()
+        if not any(slot.get("is_processing") for slot in slots):
+            return
+        await asyncio.sleep(0.02)
+
+
+async def service_ttft(
+    http: httpx.AsyncClient, service_url: str, body: dict[str, Any]
+) -> tuple[float, float]:
+    """Seconds to the ``sources`` event and to the first ``delta`` event; then disconnects."""
+    started = time.perf_counter()
+    sources_at = float("nan")
+    async with http.stream("POST", f"{service_url}/v1/answer", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line == "event: sources":
+                sources_at = time.perf_counter() - started
+            elif line == "event: delta":
+                return sources_at, time.perf_counter() - started
+            elif line == "event: error":
+                raise RuntimeError("the service answered with an error event")
+    raise RuntimeError("no delta event")
+
+
+async def direct_ttft(
+    http: httpx.AsyncClient, generation_url: str, completion: dict[str, Any]
+) -> float:
+    """Seconds to the first answer character straight from llama-server (same body)."""
+    extractor = FieldExtractor("answer")
+    started = time.perf_counter()
+    body = {**completion, "stream": True}
+    async with http.stream("POST", f"{generation_url}/completion", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            content = json.loads(line[5:]).get("content", "")
+            if extractor.feed(content):
+                return time.perf_counter() - started
+    raise RuntimeError("no answer text from llama-server")
+
+
+async def ttft_pairs(
+    *,
+    http: httpx.AsyncClient,
+    service: AnswerService,
+    service_url: str,
+    generation_url: str,
+    slots: int,
+    collection: str,
+    questions: list[str],
+    rounds: int,
+) -> dict[str, Any]:
+    """Alternate the two arms question by question, with cold caches for each call."""
+    through, direct, sources, prepare = [], [], [], []
+    for round_ in range(rounds):
+        for index, question in enumerate(questions):
+            started = time.perf_counter()
+            prepared = await service.prepare(Question(question, collection))
+            prepare.append(time.perf_counter() - started)
+            if prepared.body is None:
+                raise RuntimeError(f"no source above the threshold for {question!r}")
+            body = {"question": question, "collection": collection, "stream": True}
+            arms = ["service", "direct"] if (index + round_) % 2 == 0 else ["direct", "service"]
+            for arm in arms:
+                await wait_idle(http, generation_url)
+                await erase_slots(http, generation_url, slots)
+                if arm == "service":
+                    at_sources, at_delta = await service_ttft(http, service_url, body)
+                    sources.append(at_sources)
+                    through.append(at_delta)
+                else:
+                    direct.append(await direct_ttft(http, generation_url, prepared.body))
+    added = [a - b for a, b in zip(through, direct, strict=True)]
+    return {
+        "service_ttft": summary(through),
+        "direct_ttft": summary(direct),
+        "added_ttft_paired": summary(added),
+        "service_time_to_sources_event": summary(sources),
+        "prepare_in_process": summary(prepare),
+        "ratio_p50": round(percentile(through, 0.5) / percentile(direct, 0.5), 4),
+    }
+
+
+async def search_latency(
+    *,
+    http: httpx.AsyncClient,
+    service_url: str,
+    embedding_url: str,
+    collection: str,
+    queries: list[str],
+    top_k: int,
+) -> dict[str, Any]:
+    """``POST /v1/search`` against the baseline of one query embedding straight from the server."""
+    searched, embedded = [], []
+    for query in queries:
+        started = time.perf_counter()
+        response = await http.post(
+            f"{service_url}/v1/search",
+            json={"query": query, "collection": collection, "top_k": top_k},
+        )
+        response.raise_for_status()
+        searched.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        (
+            await http.post(f"{embedding_url}/v1/embeddings", json={"input": [query]})
+        ).raise_for_status()
+        embedded.append(time.perf_counter() - started)
+    return {
+        "search": summary(searched),
+        "embedding_only_baseline": summary(embedded),
+        "ratio_p50": round(percentile(searched, 0.5) / percentile(embedded, 0.5), 3),
+    }
