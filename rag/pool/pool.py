@@ -160,7 +160,7 @@ class Pool:
                 self._upstreams[url],
                 interval=self.poll_interval,
                 wake=wake,
-                on_change=self.scheduler.dispatch,
+                on_change=self.scheduler.refresh,
             ),
             name=f"pool-{self.name}-poll-{url}",
         )

@@ -12,6 +12,8 @@ import asyncio
 import time
 from collections import OrderedDict
 
+from prometheus_client import Gauge
+
 from rag.errors import RateLimited, UpstreamUnavailable
 from rag.pool.buffer import Waiter, WaitQueue
 from rag.pool.metrics import PoolMetrics
@@ -48,12 +50,14 @@ class Scheduler:
         self.buffer = WaitQueue(buffer_size)
         self._affinity: OrderedDict[str, str] = OrderedDict()
         self._turn = 0
+        self._gauges: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
 
     def forget(self, url: str) -> None:
         """Drop ``url`` from the membership and the affinity table."""
         self.upstreams.pop(url, None)
         self.idle.pop(url, None)
         self._affinity = OrderedDict((k, v) for k, v in self._affinity.items() if v != url)
+        self._gauges.pop(url, None)
         self.metrics.forget_upstream(self.name, url)
         self.dispatch()
 
@@ -105,6 +109,8 @@ class Scheduler:
 
     def dispatch(self) -> None:
         """Hand free slots to waiting requests, oldest first."""
+        if not len(self.buffer):
+            return
         for waiter in self.buffer:
             if waiter.future.done():
                 self.buffer.remove(waiter)
@@ -116,14 +122,25 @@ class Scheduler:
             self.reserve(upstream, waiter.needs_slot, waiter.prefix)
             waiter.future.set_result(upstream)
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
+
+    def refresh(self) -> None:
+        """After a poll: serve waiting requests and export every upstream's state."""
+        self.dispatch()
         for upstream in self.upstreams.values():
             self.export(upstream)
 
     def export(self, upstream: Upstream) -> None:
-        labels = (self.name, upstream.url)
-        self.metrics.slots_busy.labels(*labels).set(upstream.slots_busy)
-        self.metrics.slots_total.labels(*labels).set(upstream.slots_total)
-        self.metrics.upstream_up.labels(*labels).set(1 if upstream.usable(time.monotonic()) else 0)
+        gauges = self._gauges.get(upstream.url)
+        if gauges is None:
+            labels = (self.name, upstream.url)
+            gauges = self._gauges[upstream.url] = (
+                self.metrics.slots_busy.labels(*labels),
+                self.metrics.slots_total.labels(*labels),
+                self.metrics.upstream_up.labels(*labels),
+            )
+        gauges[0].set(upstream.slots_busy)
+        gauges[1].set(upstream.slots_total)
+        gauges[2].set(1 if upstream.usable(time.monotonic()) else 0)
 
     def none_can_serve(self, exclude: frozenset[str]) -> float | None:
         """Seconds to suggest retrying after if no upstream could serve soon, else None."""

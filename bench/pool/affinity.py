@@ -1,0 +1,189 @@
+"""Prefix affinity on a RAG-like load: many questions over a few shared sets of sources.
+
+    .venv/bin/python -m bench.pool.affinity [--sets 4] [--questions 6] [--clients 3] [--repeats 2]
+
+Two llama-servers (SmolLM2-135M, ``-np 2 -c 4096``). Each prompt is a system prompt, one of
+``--sets`` source sets (SciFact abstracts from ../shared/data, about 400 tokens) and one of
+``--questions`` questions; ``--clients`` closed-loop clients send them streamed, in one seeded
+order. ``rag balancer`` (slots policy) runs with affinity and without
+(``RAG_BALANCER_AFFINITY=false``), in alternating rounds; every round salts the system prompt so
+that no round re-uses another's cache. Figures: time to first token and the share of prompt
+tokens llama.cpp re-used from its cache (``timings.cache_n``), as ratios with / without.
+Results: docs/benchmarks/pool-affinity.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from bench.pool.common import (
+    Sample,
+    balancer,
+    bar_plot,
+    closed_loop,
+    llama_servers,
+    machine,
+    summary,
+    workdir,
+    write_results,
+)
+
+SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact" / "corpus.jsonl"
+SOURCE_CHARS = 1700
+SYSTEM = (
+    "You are a careful assistant. Answer the question using only the numbered sources below. "
+    "Cite the sources you use by number. If the sources do not answer it, say you do not know."
+)
+
+
+def source_sets(count: int, seed: int = 11) -> list[str]:
+    """``count`` blocks of numbered sources, about SOURCE_CHARS characters each."""
+    abstracts: list[str] = []
+    with SCIFACT.open() as corpus:
+        for line in corpus:
+            text = json.loads(line)["text"]
+            if 300 < len(text) < 900:
+                abstracts.append(text)
+            if len(abstracts) >= count * 8:
+                break
+    rng = random.Random(seed)
+    rng.shuffle(abstracts)
+    sets = []
+    for index in range(count):
+        parts, size, n = [], 0, 1
+        for text in abstracts[index * 8 : (index + 1) * 8]:
+            if size > SOURCE_CHARS:
+                break
+            parts.append(f"[{n}] {text}")
+            size += len(text)
+            n += 1
+        sets.append("\n".join(parts))
+    return sets
+
+
+def workloads(
+    sets: list[str], questions: int, clients: int, salt: str, seed: int = 5
+) -> list[list[dict[str, Any]]]:
+    rng = random.Random(seed)
+    prompts = [
+        f"Session {salt}. {SYSTEM}\n\nSources:\n{sources}\n\nQuestion {q + 1}: what does source "
+        f"{q % 3 + 1} find, in one sentence?\nAnswer:"
+        for sources in sets
+        for q in range(questions)
+    ]
+    rng.shuffle(prompts)
+    bodies = [{"prompt": p, "n_predict": 4, "temperature": 0.0} for p in prompts]
+    return [bodies[i::clients] for i in range(clients)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", type=int, default=4)
+    parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    sets = source_sets(args.sets)
+    variants = {"with affinity": "true", "without affinity": "false"}
+    samples: dict[str, list[Sample]] = {name: [] for name in variants}
+    env = machine()
+    with (
+        workdir("bench-pool-affinity-") as tmp,
+        llama_servers(2, slots=2, ctx=4096, workdir=tmp) as upstreams,
+    ):
+        for repeat in range(args.repeats):
+            names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
+            for name in names:
+                loads = workloads(sets, args.questions, args.clients, salt=f"{repeat}-{name}")
+                with balancer(upstreams, workdir=tmp, affinity=variants[name]) as url:
+                    got, wall = asyncio.run(closed_loop(url, loads))
+                samples[name].extend(got)
+                print(f"{name}: {wall:.1f} s, {sum(not s.ok for s in got)} errors", flush=True)
+    result: dict[str, Any] = {
+        "benchmark": "pool-affinity",
+        "machine": env,
+        "sets": args.sets,
+        "questions_per_set": args.questions,
+        "clients": args.clients,
+        "repeats": args.repeats,
+        "variants": {},
+    }
+    for name, got in samples.items():
+        ok = [s for s in got if s.ok]
+        prompt = sum(s.prompt_tokens for s in ok)
+        result["variants"][name] = {
+            "ttft_s": summary([s.ttft for s in ok]),
+            "prompt_tokens": prompt,
+            "cached_tokens": sum(s.cached_tokens for s in ok),
+            "cached_share": sum(s.cached_tokens for s in ok) / prompt if prompt else 0.0,
+            "errors": len(got) - len(ok),
+        }
+    with_, without = result["variants"]["with affinity"], result["variants"]["without affinity"]
+    ratios = {
+        "ttft_mean": with_["ttft_s"]["mean"] / without["ttft_s"]["mean"],
+        "ttft_p50": with_["ttft_s"]["p50"] / without["ttft_s"]["p50"],
+        "ttft_p99": with_["ttft_s"]["p99"] / without["ttft_s"]["p99"],
+        "cached_tokens": with_["cached_tokens"] / max(1, without["cached_tokens"]),
+    }
+    result["ratio_with_to_without"] = ratios
+    result["goal_affinity_improves_ttft"] = ratios["ttft_mean"] < 1.0
+    rows = [
+        f"| {name} | {v['ttft_s']['mean']:.2f} | {v['ttft_s']['p50']:.2f} | "
+        f"{v['ttft_s']['p99']:.2f} | {v['cached_tokens']} / {v['prompt_tokens']} "
+        f"({v['cached_share']:.0%}) | {v['errors']} |"
+        for name, v in result["variants"].items()
+    ]
+    command = ".venv/bin/python -m bench.pool.affinity"
+    if (args.sets, args.questions, args.clients, args.repeats) != (4, 6, 3, 2):
+        command += (
+            f" --sets {args.sets} --questions {args.questions} --clients {args.clients}"
+            f" --repeats {args.repeats}"
+        )
+    markdown = "\n".join(
+        [
+            "# Pool benchmark: prefix affinity on a RAG-like load",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Two llama-servers (SmolLM2-135M, -np 2 -c 4096, -t 1) behind `rag balancer` "
+            f"(slots policy). {args.sets} source sets x {args.questions} questions, "
+            f"{args.clients} closed-loop clients, streamed /completion, 4 tokens each; "
+            f"{args.repeats} alternating rounds per variant, each with its own salt. TTFT in "
+            "seconds; cached = prompt tokens llama.cpp re-used (`timings.cache_n`).",
+            "",
+            "| variant | mean TTFT | p50 TTFT | p99 TTFT | cached / prompt tokens | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            f"Ratios with / without affinity: mean TTFT {ratios['ttft_mean']:.2f}, p50 "
+            f"{ratios['ttft_p50']:.2f}, p99 {ratios['ttft_p99']:.2f}; cached prompt tokens "
+            f"{ratios['cached_tokens']:.2f}x.",
+            "",
+            "Goal: affinity improves time to first token: "
+            f"**{'met' if result['goal_affinity_improves_ttft'] else 'missed'}**.",
+            "",
+            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
+            f"{env['date_utc']}.",
+            "",
+        ]
+    )
+    paths = write_results("pool-affinity", result, markdown)
+    plot = bar_plot(
+        "pool-affinity",
+        "Prefix affinity: with / without",
+        {"mean TTFT": {"with/without": ratios["ttft_mean"]},
+         "p99 TTFT": {"with/without": ratios["ttft_p99"]},
+         "cached tokens": {"with/without": ratios["cached_tokens"]}},
+        "ratio with / without",
+    )  # fmt: skip
+    print(markdown)
+    print("wrote", *paths, plot or "(no plot)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Slot-aware balancing against round-robin and nginx ``least_conn`` under a mixed load of short
+and long generations.
+
+    .venv/bin/python -m bench.pool.policies [--clients 6] [--requests 8] [--repeats 2]
+
+Two llama-servers (SmolLM2-135M, ``-np 2``: four slots in all). ``--clients`` closed-loop clients
+(more than there are slots, so requests must wait somewhere) each send ``--requests`` streamed
+``/completion`` requests; a quarter are long (48 tokens), the rest short (4 tokens), in a fixed
+seeded order that every variant gets identically. Variants: ``rag balancer`` with the ``slots``
+policy, ``rag balancer --policy round-robin``, and Debian's nginx with ``least_conn``, run in
+turn (A B C, then C B A, ...) against the same servers. Figures: mean and p99 time to first
+token, and total throughput, each as a ratio to nginx ``least_conn`` from the same run.
+Results: docs/benchmarks/pool-policies.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from bench.pool.common import (
+    Sample,
+    balancer,
+    bar_plot,
+    closed_loop,
+    llama_servers,
+    machine,
+    nginx_least_conn,
+    summary,
+    workdir,
+    write_results,
+)
+
+SHORT_TOKENS = 4
+LONG_TOKENS = 48
+
+
+def workloads(clients: int, requests: int, seed: int = 7) -> list[list[dict[str, Any]]]:
+    rng = random.Random(seed)
+    loads = []
+    for client in range(clients):
+        bodies = []
+        for index in range(requests):
+            long = rng.random() < 0.25
+            bodies.append(
+                {
+                    "prompt": f"Client {client}, request {index}: write about the number "
+                    f"{rng.randint(1, 10_000)}.",
+                    "n_predict": LONG_TOKENS if long else SHORT_TOKENS,
+                    "ignore_eos": True,
+                    "cache_prompt": False,
+                    "temperature": 0.0,
+                }
+            )
+        loads.append(bodies)
+    return loads
+
+
+Variant = Callable[[list[str], Path], AbstractContextManager[str]]
+VARIANTS: dict[str, Variant] = {
+    "slots (rag balancer)": lambda ups, tmp: balancer(ups, workdir=tmp, policy="slots"),
+    "round-robin (rag balancer)": lambda ups, tmp: balancer(ups, workdir=tmp, policy="round-robin"),
+    "least_conn (nginx)": lambda ups, tmp: nginx_least_conn(ups, workdir=tmp),
+}
+BASELINE = "least_conn (nginx)"
+
+
+def orders(repeats: int) -> Iterator[list[str]]:
+    names = list(VARIANTS)
+    for repeat in range(repeats):
+        yield names if repeat % 2 == 0 else names[::-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    loads = workloads(args.clients, args.requests)
+    samples: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
+    walls: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    tokens: dict[str, int] = dict.fromkeys(VARIANTS, 0)
+    env = machine()
+    with (
+        workdir("bench-pool-policies-") as tmp,
+        llama_servers(2, slots=2, ctx=1024, workdir=tmp) as upstreams,
+    ):
+        for order in orders(args.repeats):
+            for name in order:
+                with VARIANTS[name](upstreams, tmp) as url:
+                    got, wall = asyncio.run(closed_loop(url, loads))
+                samples[name].extend(got)
+                walls[name].append(wall)
+                tokens[name] += sum(s.tokens for s in got)
+                print(f"{name}: {wall:.1f} s, {sum(not s.ok for s in got)} errors", flush=True)
+    result: dict[str, Any] = {
+        "benchmark": "pool-policies",
+        "machine": env,
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "repeats": args.repeats,
+        "short_tokens": SHORT_TOKENS,
+        "long_tokens": LONG_TOKENS,
+        "variants": {},
+    }
+    for name, got in samples.items():
+        ttft = [s.ttft for s in got if s.ok]
+        short = [s.ttft for s in got if s.ok and s.tokens <= SHORT_TOKENS]
+        result["variants"][name] = {
+            "ttft_s": summary(ttft),
+            "ttft_short_s": summary(short),
+            "throughput_tokens_per_s": tokens[name] / sum(walls[name]),
+            "wall_s": walls[name],
+            "errors": sum(not s.ok for s in got),
+        }
+    base = result["variants"][BASELINE]
+    rows = []
+    ratios: dict[str, dict[str, float]] = {"mean TTFT": {}, "p99 TTFT": {}, "throughput": {}}
+    for name, v in result["variants"].items():
+        v["ratio_to_least_conn"] = {
+            "ttft_mean": v["ttft_s"]["mean"] / base["ttft_s"]["mean"],
+            "ttft_p99": v["ttft_s"]["p99"] / base["ttft_s"]["p99"],
+            "ttft_short_p99": v["ttft_short_s"]["p99"] / base["ttft_short_s"]["p99"],
+            "throughput": v["throughput_tokens_per_s"] / base["throughput_tokens_per_s"],
+        }
+        r = v["ratio_to_least_conn"]
+        ratios["mean TTFT"][name] = r["ttft_mean"]
+        ratios["p99 TTFT"][name] = r["ttft_p99"]
+        ratios["throughput"][name] = r["throughput"]
+        rows.append(
+            f"| {name} | {v['ttft_s']['mean']:.2f} | {r['ttft_mean']:.2f} | "
+            f"{v['ttft_s']['p99']:.2f} | {r['ttft_p99']:.2f} | {v['ttft_short_s']['p99']:.2f} | "
+            f"{r['ttft_short_p99']:.2f} | {v['throughput_tokens_per_s']:.1f} | "
+            f"{r['throughput']:.2f} | {v['errors']} |"
+        )
+    slots = result["variants"]["slots (rag balancer)"]["ratio_to_least_conn"]
+    result["goals"] = {
+        "mean_ttft_no_worse_than_least_conn": slots["ttft_mean"] <= 1.0,
+        "p99_ttft_better_than_least_conn": slots["ttft_p99"] < 1.0,
+    }
+    command = ".venv/bin/python -m bench.pool.policies"
+    if (args.clients, args.requests, args.repeats) != (6, 8, 2):
+        command += f" --clients {args.clients} --requests {args.requests} --repeats {args.repeats}"
+    markdown = "\n".join(
+        [
+            "# Pool benchmark: slot-aware vs round-robin vs nginx least_conn",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Two llama-servers (SmolLM2-135M, -np 2, -t 1; 4 slots). {args.clients} closed-loop "
+            f"clients x {args.requests} streamed /completion requests (1 in 4 long: "
+            f"{LONG_TOKENS} tokens, else {SHORT_TOKENS}), the same seeded sequence for every "
+            f"variant, {args.repeats} alternating rounds per variant. TTFT in seconds; "
+            "ratios against nginx least_conn from the same run (below 1 is better for TTFT, "
+            "above 1 for throughput).",
+            "",
+            "| variant | mean TTFT | ratio | p99 TTFT | ratio | p99 TTFT short | ratio "
+            "| tokens/s | ratio | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            "Goals (slots policy): mean TTFT no worse than least_conn: "
+            f"**{'met' if result['goals']['mean_ttft_no_worse_than_least_conn'] else 'missed'}**"
+            f" ({slots['ttft_mean']:.2f}); p99 TTFT better: "
+            f"**{'met' if result['goals']['p99_ttft_better_than_least_conn'] else 'missed'}** "
+            f"({slots['ttft_p99']:.2f}).",
+            "",
+            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
+            f"{env['date_utc']}.",
+            "",
+        ]
+    )
+    paths = write_results("pool-policies", result, markdown)
+    plot = bar_plot("pool-policies", "Policies / nginx least_conn", ratios, "ratio to least_conn")
+    print(markdown)
+    print("wrote", *paths, plot or "(no plot)")
+
+
+if __name__ == "__main__":
+    main()
