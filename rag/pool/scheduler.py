@@ -159,7 +159,7 @@ class Scheduler:
             raise UpstreamUnavailable(
                 f"no upstream in pool {self.name} can take the request", retry_after=retry_after
             )
-        if len(self.buffer) == 0:
+        if not slot or len(self.buffer) == 0:  # requests without a slot never wait for one
             upstream = self.pick(slot, prefix, exclude)
             if upstream is not None:
                 self.reserve(upstream, slot, prefix)

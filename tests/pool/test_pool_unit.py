@@ -110,12 +110,15 @@ async def test_buffer_timeout_is_503_with_retry_after(fakes: dict[str, FakeLlama
     try:
         holders = [asyncio.create_task(pool.request("POST", "/completion", json={})) for _ in "ab"]
         await asyncio.sleep(0.05)
-        with pytest.raises(UpstreamUnavailable) as caught:
-            await pool.request("POST", "/completion", json={})
-        assert caught.value.retry_after is not None
-        # requests that need no slot are not held up by busy slots
+        waiting = asyncio.create_task(pool.request("POST", "/completion", json={}))
+        await asyncio.sleep(0.05)
+        assert pool.status()["buffered"] == 1
+        # requests that need no slot pass busy slots and the waiting requests
         tokens = await pool.request("POST", "/tokenize", json={"content": "x"})
         assert tokens.json() == {"tokens": [1, 2]}
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await waiting
+        assert caught.value.retry_after is not None
         for fake in fakes.values():
             fake.release.set()
         await asyncio.gather(*holders)
