@@ -220,12 +220,16 @@ class Pool:
                 self.metrics.failovers.labels(self.name).inc()
                 continue
             except httpx.TimeoutException as exc:
+                if response is not None:
+                    await response.aclose()
                 self.scheduler.release(upstream, slot)
                 self._failed(upstream, type(exc).__name__, f"{type(exc).__name__}")
                 raise UpstreamUnavailable(
                     f"upstream {upstream.url} timed out", retry_after=self.quarantine
                 ) from exc
             except httpx.HTTPError as exc:
+                if response is not None:
+                    await response.aclose()
                 self.scheduler.release(upstream, slot)
                 self._failed(upstream, type(exc).__name__, f"{type(exc).__name__}")
                 raise UpstreamFailed(

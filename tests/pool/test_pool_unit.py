@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from rag.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
 from rag.pool import Pool, UpstreamRejected
+from rag.pool.membership import follow_supervisor
+from rag.runtime.supervisor import ChildSpec, ChildState, Supervisor
 
 
 class FakeLlama:
@@ -223,3 +226,29 @@ async def test_loading_upstream_is_not_chosen() -> None:
     finally:
         await pool.stop()
         await pool.http.aclose()
+
+
+async def test_supervised_children_join_and_leave(tmp_path: Path) -> None:
+    spec = ChildSpec("gen-0", "generation", (), 1)
+    other = ChildSpec("emb-0", "embedding", (), 2)
+    async with httpx.AsyncClient(transport=transport({}), timeout=httpx.Timeout(1.0)) as http:
+        supervisor = Supervisor(Path("/bin/true"), [spec, other], logs_dir=tmp_path, http=http)
+        pool = Pool("generation", http)
+        follow_supervisor(pool, supervisor, "generation")
+        child, embedding = supervisor.children
+        supervisor._set(child, ChildState.HEALTHY)  # what the supervisor does when /health is 200
+        supervisor._set(embedding, ChildState.HEALTHY)
+        assert pool.urls == [spec.url]
+        supervisor._set(child, ChildState.BACKOFF)  # restarting: stays, the poller sees it down
+        assert pool.urls == [spec.url]
+        supervisor._set(child, ChildState.STOPPED)
+        assert await _eventually(lambda: pool.urls == [])
+        await pool.stop()
+
+
+async def _eventually(predicate: Callable[[], bool]) -> bool:
+    for _ in range(100):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
