@@ -111,6 +111,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "workers": 0,
                     "answer_top_k": args.top_k,
                     "answer_max_tokens": 64,
+                    "embedding_batch_size": 8,
                 }
             )
             async with served(settings) as (url, services):

@@ -125,10 +125,11 @@ async def build_collection(
     started = time.perf_counter()
     texts = synthetic_texts(unique)
     vectors: list[list[float]] = []
-    step = 512
+    step = embedder.batch_size * 2  # two requests in flight: one per slot, none left waiting
     for start in range(0, len(texts), step):
         vectors.extend(await embedder.embed(texts[start : start + step]))
-        log(f"embedded {len(vectors)}/{len(texts)} synthetic chunks")
+        if len(vectors) % (step * 8) == 0 or len(vectors) == len(texts):
+            log(f"embedded {len(vectors)}/{len(texts)} synthetic chunks")
     embed_seconds = time.perf_counter() - started
     points = [
         ChunkPoint(

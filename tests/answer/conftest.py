@@ -60,8 +60,9 @@ async def answer_generation_server(
 ) -> AsyncIterator[RunningServer]:
     """A real generation llama-server (SmolLM2-135M-Instruct) with the service's own flags.
 
-    ``--no-repack``: on CPUs with AMX, llama.cpp's AMX repacking of Q4_1 weights crashes
-    (SIGSEGV in ggml_backend_amx_mul_mat at warm-up); without repacking the model runs."""
+    ``--no-repack`` as well: with a native build on CPUs with AMX, the AMX kernels crash on the
+    Q4_1 weights (SIGSEGV in ggml_backend_amx_mul_mat at warm-up); without repacking the model
+    runs. Harmless with the portable build the runtime now makes."""
     args = generation_args(base_settings, runtime.generation_model)
     if "--no-repack" not in args:
         args = (*args, "--no-repack")
