@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from ingest.detect import DetectionError, detect_content_type
+from ingest.registry import DocumentStatus, JobNotRetryable
 from ingest.upload import check_collection, read_upload
 from rag.app_state import services_of
 from rag.errors import Conflict, InvalidRequest, NotFound, UnsupportedType
@@ -82,7 +83,7 @@ async def upload_documents(request: Request) -> JSONResponse:
 async def list_documents(
     request: Request,
     collection: str | None = None,
-    status: str | None = None,
+    status: DocumentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -103,7 +104,7 @@ async def get_document(request: Request, document_id: str) -> dict[str, Any]:
     document = await services_of(request).registry.get_document(document_id)
     if document is None:
         raise NotFound(f"no document {document_id}")
-    return document.to_api()  # type: ignore[no-any-return]
+    return document.to_api()
 
 
 @router.delete("/v1/documents/{document_id}", status_code=204, summary="Delete a document")
@@ -124,14 +125,12 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     job = await services_of(request).registry.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    return job.to_api()  # type: ignore[no-any-return]
+    return job.to_api()
 
 
 @router.post("/v1/jobs/{job_id}/retry", status_code=202, summary="Requeue a failed job")
 async def retry_job(request: Request, job_id: str) -> dict[str, Any]:
     services = services_of(request)
-    from ingest.registry import JobNotRetryable
-
     try:
         job = await services.registry.retry_job(job_id)
     except JobNotRetryable as exc:
@@ -140,4 +139,4 @@ async def retry_job(request: Request, job_id: str) -> dict[str, Any]:
         raise NotFound(f"no job {job_id}")
     if services.workers is not None:
         services.workers.wake()
-    return job.to_api()  # type: ignore[no-any-return]
+    return job.to_api()

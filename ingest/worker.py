@@ -162,5 +162,3 @@ class Workers:
             return
         await registry.complete_job(job.id, owner, pages=result.pages, chunks=result.chunks)
         self.processed += 1
-
-

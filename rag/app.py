@@ -61,8 +61,7 @@ def create_app(
 async def _when_ready(settings: Settings, services: Services) -> None:
     """Once the children are healthy: ingest the samples if asked, and say where to go."""
     if services.supervisor is not None:
-        while not services.supervisor.all_healthy():
-            await asyncio.sleep(0.2)
+        await services.supervisor.wait_healthy(within=float("inf"))
     if settings.ingest_samples:
         try:
             count = await ingest_samples(services)
@@ -71,7 +70,7 @@ async def _when_ready(settings: Settings, services: Services) -> None:
         else:
             log.info("queued %d sample documents into collection 'default'", count)
     base = f"http://{settings.host}:{settings.port}"
-    print(  # noqa: T201 - the one line a user of `make run` needs
+    print(
         f"\nRAG service ready: {base}  (API docs {base}/docs)\n"
         f"  try: curl -s {base}/v1/search -H 'content-type: application/json' "
         """-d '{"query": "How many slots does -np 4 give?"}'\n""",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 
 if TYPE_CHECKING:
-    from rag.app import Services
+    from rag.services import Services
 
 
 def services_of(request: Request) -> Services:

@@ -1,15 +1,20 @@
 """Embeddings and exact token counts from llama.cpp embedding servers, through a pool.
 
-Texts are sent in batches with several batches in flight, so that every slot of the embedding
-servers stays busy; a failed batch (5xx, connection error, timeout) is retried with jittered
-exponential backoff. Token lengths come from the server's own ``/tokenize``, which is exact for
-whatever model is served (tiktoken is only an approximation of WordPiece).
+Texts from every caller go into one queue; a dispatcher sends them in batches of up to
+``batch_size`` with up to ``concurrency`` batches in flight. While all slots are busy the queue
+grows, so the next batch is fuller: many small documents ingested at once are embedded in batches
+as large as one big document's (adaptive batching, no timer). A failed batch (5xx, connection
+error, timeout) is retried with jittered exponential backoff. Token lengths come from the
+server's own ``/tokenize``, which is exact for whatever model is served (tiktoken is only an
+approximation of WordPiece).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -43,22 +48,69 @@ class Embedder:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self._queue: deque[tuple[str, asyncio.Future[list[float]]]] = deque()
+        self._queued = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` (each must fit the server's micro-batch), keeping their order."""
-        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        gate = asyncio.Semaphore(self.concurrency)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in texts]
+        self._queue.extend(zip(texts, futures, strict=True))
+        self._queued.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="embedding-dispatcher")
+        return list(await asyncio.gather(*futures))
 
-        async def one(batch: Sequence[str]) -> list[list[float]]:
-            async with gate:
-                body = await self._call("/v1/embeddings", {"input": list(batch)})
+    async def close(self) -> None:
+        tasks = [t for t in (self._dispatcher, *self._in_flight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._queue:
+            self._queue.popleft()[1].cancel()
+
+    async def _dispatch(self) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+        while True:
+            await self._queued.wait()
+            await gate.acquire()
+            batch: list[tuple[str, asyncio.Future[list[float]]]] = []
+            while self._queue and len(batch) < self.batch_size:
+                text, future = self._queue.popleft()
+                if not future.done():  # its caller may have been cancelled
+                    batch.append((text, future))
+            if not self._queue:
+                self._queued.clear()
+            if not batch:
+                gate.release()
+                continue
+            task = asyncio.create_task(self._send(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(lambda _: gate.release())
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[list[float]]]]) -> None:
+        try:
+            body = await self._call("/v1/embeddings", {"input": [text for text, _ in batch]})
             rows = sorted(body["data"], key=lambda row: row["index"])
             if len(rows) != len(batch):
                 raise UpstreamFailed(f"embedding server returned {len(rows)} of {len(batch)}")
-            return [row["embedding"] for row in rows]
-
-        results = await asyncio.gather(*(one(batch) for batch in batches))
-        return [vector for batch in results for vector in batch]
+        except asyncio.CancelledError:  # the embedder is closing
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), row in zip(batch, rows, strict=True):
+            if not future.done():
+                future.set_result(row["embedding"])
 
     async def token_counts(self, texts: Sequence[str]) -> list[int]:
         """The served model's exact token count of each text (special tokens excluded)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.pool.metrics import PoolMetrics
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:

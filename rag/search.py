@@ -28,7 +28,9 @@ class SearchFilter:
         must: list[models.Condition] = []
         if self.document_ids:
             must.append(
-                models.FieldCondition(key="document_id", match=models.MatchAny(any=self.document_ids))
+                models.FieldCondition(
+                    key="document_id", match=models.MatchAny(any=self.document_ids)
+                )
             )
         if self.filenames:
             must.append(

@@ -138,6 +138,7 @@ async def open_services(
             batch_size=settings.embedding_batch_size,
             concurrency=settings.embedding_concurrency,
         )
+        stack.push_async_callback(embedder.close)
         services = Services(
             settings=settings,
             metrics=metrics,
@@ -194,7 +195,9 @@ def _supervisor(settings: Settings, runtime: EmbeddedRuntime, services: Services
     metrics = services.metrics
 
     def on_change(child: Child) -> None:
-        pool = services.embedding_pool if child.spec.role == "embedding" else services.generation_pool
+        pool = (
+            services.embedding_pool if child.spec.role == "embedding" else services.generation_pool
+        )
         labels = (child.spec.name, child.spec.role)
         metrics.child_up.labels(*labels).set(1 if child.state is ChildState.HEALTHY else 0)
         metrics.child_restarts.labels(*labels).set(child.restarts)

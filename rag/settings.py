@@ -124,7 +124,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Lease of a claimed job; renewed every third of it."
     )
     workers: int = Field(
-        2, ge=0, description="Ingestion job loops in this process (`rag run`, `rag worker`)."
+        4,
+        ge=0,
+        description="Ingestion job loops in this process (`rag run`, `rag worker`); their "
+        "embedding requests are batched together.",
     )
     parse_processes: int = Field(
         1, ge=1, description="Processes for CPU-bound parsing and chunking."

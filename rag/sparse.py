@@ -19,10 +19,12 @@ B = 0.75
 AVG_LEN = 256.0
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 STOP_WORDS = frozenset(
-    "a an and are as at be but by for if in into is it its no not of on or such that the their "
-    "then there these they this to was will with we you he she his her our from has have had "
-    "were been which who what when where how than so do does did can could should would may "
-    "might i me my us them those also".split()
+    """
+    a an and are as at be but by for if in into is it its no not of on or such that the their
+    then there these they this to was will with we you he she his her our from has have had
+    were been which who what when where how than so do does did can could should would may
+    might i me my us them those also
+    """.split()  # noqa: SIM905 - a paragraph of words reads better than a list of strings
 )
 
 

@@ -57,14 +57,18 @@ class Hit:
 
 
 class VectorStore:
-    def __init__(self, client: AsyncQdrantClient, *, dimensions: int, server: bool) -> None:
+    def __init__(
+        self, client: AsyncQdrantClient, *, dimensions: int, server: bool = False
+    ) -> None:
         self.client = client
         self.dimensions = dimensions
         self.server = server  # payload indexes only exist (and only matter) on a server
         self._known: set[str] = set()
 
     @classmethod
-    def open(cls, *, url: str | None, path: str | None, timeout: float, dimensions: int) -> VectorStore:
+    def open(
+        cls, *, url: str | None, path: str | None, timeout: float, dimensions: int
+    ) -> VectorStore:
         if url:
             client = AsyncQdrantClient(url=url, timeout=int(max(1, timeout)))
         else:
@@ -136,7 +140,9 @@ class VectorStore:
         except Exception as exc:
             raise _translate(exc) from exc
 
-    async def delete_document(self, collection: str, document_id: str, *, from_index: int = 0) -> None:
+    async def delete_document(
+        self, collection: str, document_id: str, *, from_index: int = 0
+    ) -> None:
         """Delete the document's points (those with ``chunk_index >= from_index``)."""
         conditions: list[models.Condition] = [
             models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))
@@ -227,6 +233,8 @@ def _translate(exc: Exception) -> Exception:
         if exc.status_code == 404:
             return NotFound("collection does not exist")
         return StoreUnavailable(f"Qdrant answered HTTP {exc.status_code}", retry_after=2)
-    if isinstance(exc, ResponseHandlingException | httpx.HTTPError | ConnectionError | TimeoutError):
+    if isinstance(
+        exc, ResponseHandlingException | httpx.HTTPError | ConnectionError | TimeoutError
+    ):
         return StoreUnavailable("Qdrant is unreachable", retry_after=2)
     return exc

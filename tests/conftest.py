@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +101,18 @@ def minilm_reference() -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def minilm_reference_data(minilm_reference: Path) -> dict[str, Any]:
+    """Texts and their all-MiniLM-L6-v2 embeddings computed with sentence-transformers."""
+    data: dict[str, Any] = json.loads(minilm_reference.read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
     """The PostgreSQL the tests may use: RAG_TEST_POSTGRES_URL, else 127.0.0.1:5432/test."""
-    url = os.environ.get(
+    return os.environ.get(
         "RAG_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
     )
-    yield url
 
 
 @contextlib.asynccontextmanager
@@ -149,12 +156,12 @@ def service_settings(
     return base.model_copy(update=values)
 
 
-async def wait_job(http: httpx.AsyncClient, base: str, job_id: str, timeout: float = 120) -> Any:
+async def wait_job(http: httpx.AsyncClient, base: str, job_id: str, within: float = 120) -> Any:
     """Poll ``GET /v1/jobs/{id}`` until the job succeeds or fails; return its last state."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         job = (await http.get(f"{base}/v1/jobs/{job_id}")).json()
         if job["state"] in ("succeeded", "failed"):
             return job
         await asyncio.sleep(0.1)
-    pytest.fail(f"job {job_id} did not finish within {timeout} s: {job}")
+    pytest.fail(f"job {job_id} did not finish within {within} s: {job}")

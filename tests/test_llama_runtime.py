@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,9 +23,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_embeddings_reproduce_the_reference(
-    embedding_server: RunningServer, session_http: httpx.AsyncClient, minilm_reference: Path
+    embedding_server: RunningServer,
+    session_http: httpx.AsyncClient,
+    minilm_reference_data: dict[str, Any],
 ) -> None:
-    reference = json.loads(minilm_reference.read_text())
+    reference = minilm_reference_data
     response = await session_http.post(
         f"{embedding_server.url}/v1/embeddings", json={"input": reference["texts"]}
     )
@@ -109,5 +111,3 @@ async def test_supervisor_restarts_a_killed_child(
     assert child.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(first_pid, 0)
-
-

@@ -37,7 +37,9 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 
 @pytest.fixture
-def service(tmp_path: Path, runtime: PreparedRuntime) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def service(
+    tmp_path: Path, runtime: PreparedRuntime
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     env = {
         **os.environ,
@@ -103,4 +105,3 @@ def test_children_die_with_a_killed_service(service: tuple[subprocess.Popen[byte
     process.kill()
     process.wait(30)
     assert _wait_gone(pids, 15) == [], "llama-server children outlived a SIGKILLed service"
-

@@ -23,7 +23,18 @@ from tests.conftest import RunningServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-WORDS = "river stone lantern orchard copper meadow harbor violet thunder saddle".split()
+WORDS = [
+    "river",
+    "stone",
+    "lantern",
+    "orchard",
+    "copper",
+    "meadow",
+    "harbor",
+    "violet",
+    "thunder",
+    "saddle",
+]
 
 
 def _long_text(paragraphs: int) -> bytes:
@@ -48,9 +59,7 @@ def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def test_killed_worker_loses_nothing(
-    embedding_server: RunningServer, tmp_path: Path
-) -> None:
+async def test_killed_worker_loses_nothing(embedding_server: RunningServer, tmp_path: Path) -> None:
     database = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     env = {
         **os.environ,

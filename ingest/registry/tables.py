@@ -64,7 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def json_type() -> JSON:
     """JSON on SQLite, JSONB on PostgreSQL."""
-    return JSON().with_variant(JSONB(), "postgresql")  # type: ignore[return-value]
+    return JSON().with_variant(JSONB(), "postgresql")
 
 
 documents = Table(

@@ -213,6 +213,6 @@ def answer_object(
 
 def error_event(exc: RagError) -> dict[str, Any]:
     """The ``error`` event: the error body of every endpoint, plus its HTTP status."""
-    error = exc.body()["error"]
+    error: dict[str, Any] = exc.body()["error"]
     error["status"] = exc.status
     return error

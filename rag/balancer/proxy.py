@@ -138,7 +138,7 @@ class ProxyApp:
 
 
 def _is_sse(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("text/event-stream")
+    return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
 async def _read_body(receive: Receive) -> bytes:

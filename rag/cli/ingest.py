@@ -56,7 +56,9 @@ def ingest(
             if metadata:
                 data["metadata"] = json.dumps(metadata)
             with path.open("rb") as handle:
-                response = client.post("/v1/documents", data=data, files={"file": (path.name, handle)})
+                response = client.post(
+                    "/v1/documents", data=data, files={"file": (path.name, handle)}
+                )
             if response.status_code >= 400:
                 failures.append((path.name, _error_text(response)))
                 continue
@@ -91,8 +93,7 @@ def ingest(
                 failures.append((filename, f"not finished after {timeout:.0f} s"))
     done = len(jobs) - sum(1 for name, _ in failures if name in jobs.values())
     console.print(
-        f"{len(files)} files: {done} ingested, {unchanged} already present, "
-        f"{len(failures)} failed"
+        f"{len(files)} files: {done} ingested, {unchanged} already present, {len(failures)} failed"
     )
     for filename, reason in failures:
         console.print(f"  [red]failed[/red] {filename}: {reason}")

@@ -13,13 +13,13 @@ import typer
 import uvicorn
 
 from rag.app import create_app
-from rag.services import EmbeddedRuntime
 from rag.cli.progress import console, stage_progress
 from rag.errors import RuntimeSetupError
 from rag.runtime.children import child_specs
 from rag.runtime.prepare import PreparedRuntime, prepare_runtime
 from rag.runtime.status import runtime_status
 from rag.runtime.verify import verify_embedding_model
+from rag.services import EmbeddedRuntime
 from rag.settings import Settings
 
 app = typer.Typer(help="Self-hosted RAG service on llama.cpp.", no_args_is_help=True)

@@ -24,13 +24,17 @@ def generation_args(settings: Settings, model: Path) -> tuple[str, ...]:
     )  # fmt: skip
 
 
-def child_specs(settings: Settings, embedding_model: Path, generation_model: Path) -> list[ChildSpec]:
+def child_specs(
+    settings: Settings, embedding_model: Path, generation_model: Path
+) -> list[ChildSpec]:
     """The children to start: an embedding server unless external ones are configured, and
     ``generation_servers`` generation servers unless external ones are configured."""
     specs = []
     if not settings.embedding_urls:
         specs.append(
-            ChildSpec("embedding", "embedding", embedding_args(settings, embedding_model), free_port())
+            ChildSpec(
+                "embedding", "embedding", embedding_args(settings, embedding_model), free_port()
+            )
         )
     if not settings.generation_urls:
         for index in range(settings.generation_servers):

@@ -29,9 +29,9 @@ class RuntimePaths:
     @property
     def llama_dir(self) -> Path:
         """Keyed by the llama.cpp version and the build flags, so a change of either rebuilds."""
-        from rag.runtime.build import CMAKE_FLAGS
+        from rag.runtime.build import cmake_flags
 
-        flags = hashlib.sha256(" ".join(CMAKE_FLAGS).encode()).hexdigest()[:8]
+        flags = hashlib.sha256(" ".join(cmake_flags()).encode()).hexdigest()[:8]
         return self.cache_dir / "llama-server" / f"{self.llama_cpp_version}-{flags}"
 
     @property

@@ -114,8 +114,8 @@ class Supervisor:
         for child in self.children:
             self._tasks.append(asyncio.create_task(self._keep_running(child), name=child.spec.name))
 
-    async def wait_healthy(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    async def wait_healthy(self, within: float) -> bool:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.all_healthy():
                 return True

@@ -1,0 +1,103 @@
+"""The embedder's batching, ordering, retries and give-up, against an upstream faked at the
+HTTP boundary (httpx.MockTransport); the real server is exercised by the ingestion tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from rag.embeddings import Embedder
+from rag.errors import UpstreamFailed, UpstreamUnavailable
+
+
+class Upstream:
+    """Answers like llama.cpp's /v1/embeddings and /tokenize after ``failures`` 503s."""
+
+    def __init__(self, failures: int = 0, status: int = 503) -> None:
+        self.failures = failures
+        self.status = status
+        self.calls: list[dict[str, Any]] = []
+        self.client = httpx.AsyncClient(
+            transport=httpx.MockTransport(self.handle), base_url="http://upstream"
+        )
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.calls.append(body)
+        if self.failures > 0:
+            self.failures -= 1
+            return httpx.Response(self.status, json={"error": {"message": "busy"}})
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": list(range(len(body["content"].split())))})
+        data = [
+            {"index": i, "embedding": [float(len(text)), float(i)]}
+            for i, text in reversed(list(enumerate(body["input"])))
+        ]
+        return httpx.Response(200, json={"data": data})
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+        return await self.client.request(method, path, json=json)
+
+
+async def test_batches_keep_order() -> None:
+    upstream = Upstream()
+    embedder = Embedder(upstream, batch_size=3, concurrency=2, backoff=0.001)
+    texts = [f"text number {'x' * i}" for i in range(8)]
+    vectors = await embedder.embed(texts)
+    assert [v[0] for v in vectors] == [float(len(t)) for t in texts]
+    assert [len(call["input"]) for call in upstream.calls] == [3, 3, 2]
+
+
+async def test_retries_transient_failures() -> None:
+    upstream = Upstream(failures=2)
+    embedder = Embedder(upstream, batch_size=8, max_attempts=4, backoff=0.001)
+    assert len(await embedder.embed(["a", "b"])) == 2
+    assert len(upstream.calls) == 3
+
+
+async def test_gives_up_after_max_attempts() -> None:
+    upstream = Upstream(failures=10)
+    embedder = Embedder(upstream, max_attempts=3, backoff=0.001)
+    with pytest.raises(UpstreamFailed, match="503"):
+        await embedder.embed(["a"])
+    assert len(upstream.calls) == 3
+
+
+async def test_a_rejected_request_is_not_retried() -> None:
+    upstream = Upstream(failures=10, status=400)
+    embedder = Embedder(upstream, max_attempts=3, backoff=0.001)
+    with pytest.raises(UpstreamFailed, match="rejected"):
+        await embedder.embed(["a"])
+    assert len(upstream.calls) == 1
+
+
+async def test_connection_errors_become_unavailable() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refuse), base_url="http://x")
+
+    class Down:
+        async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+            return await client.request(method, path, json=json)
+
+    with pytest.raises(UpstreamUnavailable):
+        await Embedder(Down(), max_attempts=2, backoff=0.001).embed(["a"])
+
+
+async def test_token_counts() -> None:
+    embedder = Embedder(Upstream())
+    assert await embedder.token_counts(["one two", "three"]) == [2, 1]
+
+
+async def test_concurrent_callers_share_batches() -> None:
+    upstream = Upstream()
+    embedder = Embedder(upstream, batch_size=8, concurrency=1)
+    first, second = await asyncio.gather(embedder.embed(["a", "bb"]), embedder.embed(["ccc"]))
+    assert [v[0] for v in first] == [1.0, 2.0] and [v[0] for v in second] == [3.0]
+    assert [len(call["input"]) for call in upstream.calls] == [3]
+    await embedder.close()
