@@ -28,6 +28,7 @@ from bench.pool.common import (
     closed_loop,
     llama_servers,
     machine,
+    stop_on_sigterm,
     summary,
     workdir,
     write_results,
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    stop_on_sigterm()
     sets = source_sets(args.sets)
     variants = {"with affinity": "true", "without affinity": "false"}
     samples: dict[str, list[Sample]] = {name: [] for name in variants}

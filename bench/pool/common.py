@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,6 +66,15 @@ def machine() -> dict[str, Any]:
 # --- processes ----------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that every context manager stops its processes."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @dataclass
 class Proc:
     url: str
@@ -112,6 +123,7 @@ def llama_servers(count: int, *, slots: int, ctx: int, workdir: Path) -> Iterato
                     [str(binary), "-m", str(model), "-c", str(ctx), "-np", str(slots), "-t", "1",
                      "--no-webui", "--host", "127.0.0.1", "--port", str(port)],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
                 )  # fmt: skip
             procs.append(Proc(f"http://127.0.0.1:{port}", process, log))
         for proc in procs:
@@ -137,7 +149,7 @@ def balancer(
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=environment,
+            env=environment, preexec_fn=_die_with_parent,
         )  # fmt: skip
     proc = Proc(f"http://127.0.0.1:{port}", process, log)
     try:
@@ -164,6 +176,7 @@ http {{
         least_conn;
 {servers}
         keepalive 32;
+        keepalive_timeout 4s;
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -174,6 +187,7 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 300s;
+            proxy_next_upstream error timeout non_idempotent;
         }}
     }}
 }}
@@ -194,7 +208,10 @@ def nginx_least_conn(upstreams: Sequence[str], *, workdir: Path) -> Iterator[str
     log = conf_dir / "stdout.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [binary, "-p", str(conf_dir), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+            [binary, "-p", str(conf_dir), "-c", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
     proc = Proc(f"http://127.0.0.1:{port}", process, log)
     try:

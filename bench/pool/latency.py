@@ -25,6 +25,7 @@ from bench.pool.common import (
     llama_servers,
     machine,
     nginx_least_conn,
+    stop_on_sigterm,
     summary,
     workdir,
     write_results,
@@ -62,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
+    stop_on_sigterm()
     with (
         workdir("bench-pool-latency-") as tmp,
         llama_servers(1, slots=2, ctx=1024, workdir=tmp) as (upstream,),

@@ -31,6 +31,7 @@ from bench.pool.common import (
     llama_servers,
     machine,
     nginx_least_conn,
+    stop_on_sigterm,
     summary,
     workdir,
     write_results,
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    stop_on_sigterm()
     loads = workloads(args.clients, args.requests)
     samples: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
     walls: dict[str, list[float]] = {name: [] for name in VARIANTS}
