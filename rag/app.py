@@ -72,7 +72,9 @@ async def _when_ready(settings: Settings, services: Services) -> None:
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"\nRAG service ready: {base}  (API docs {base}/docs)\n"
-        f"  try: curl -s {base}/v1/search -H 'content-type: application/json' "
-        """-d '{"query": "How many slots does -np 4 give?"}'\n""",
+        f"  search: curl -s {base}/v1/search -H 'content-type: application/json' "
+        """-d '{"query": "How many slots does -np 4 give?"}'\n"""
+        f"  ask:    .venv/bin/rag ask 'Which embedding model is used by default?' --url {base}\n"
+        f"  upload: .venv/bin/rag ingest ./my-docs --url {base}\n",
         flush=True,
     )
