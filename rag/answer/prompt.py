@@ -3,9 +3,10 @@
 Templates are files in ``rag/prompts/`` (``answer-v1.txt``); their name is recorded with every
 answer. The prompt is formatted by the generation server's own chat template (``/apply-template``)
 and measured with its own tokenizer (``/tokenize``), both through the generation pool, so that
-nothing here assumes a particular model. The budget is the server's real per-slot context (``GET
-/props``: ``default_generation_settings.n_ctx``) minus the tokens reserved for the answer. Sources
-that do not fit are dropped whole, lowest score first; a source is never cut.
+nothing here assumes a particular model (a prompt with fewer UTF-8 bytes than the budget fits
+whatever the tokenizer, and is not measured). The budget is the server's real per-slot context
+(``GET /props``: ``default_generation_settings.n_ctx``) minus the tokens reserved for the answer.
+Sources that do not fit are dropped whole, lowest score first; a source is never cut.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Source:
 class Prompt:
     text: str
     sources: list[Source]
-    tokens: int  # the prompt's length in the generation model's tokens
+    tokens: int | None  # the prompt's length in model tokens; None: not measured (it fits)
     dropped: int  # sources left out because they did not fit
 
 
@@ -171,6 +172,8 @@ class PromptBuilder:
         budget = await self.context_size() - reserve - SAFETY_TOKENS
         sources = [Source(n, result) for n, result in enumerate(results, start=1)]
         text = await self.format(template.messages(question, sources))
+        if fits_by_bytes(text, budget):
+            return Prompt(text, sources, None, 0)
         tokens = await self.count(text)
         if tokens <= budget:
             return Prompt(text, sources, tokens, 0)
@@ -205,6 +208,14 @@ class PromptBuilder:
             used += length
             keep += 1
         return keep
+
+
+def fits_by_bytes(text: str, budget: int) -> bool:
+    """Whether ``text`` surely fits ``budget`` tokens without asking the tokenizer: a token of a
+    byte-level BPE or byte-fallback tokenizer stands for at least one byte of text, so a prompt
+    has at most as many tokens as UTF-8 bytes (plus the special tokens the server adds, within
+    ``SAFETY_TOKENS``). Saves a round trip for every prompt well inside the context."""
+    return len(text.encode("utf-8")) + SAFETY_TOKENS <= budget
 
 
 def _json(content: bytes, what: str) -> dict[str, Any]:

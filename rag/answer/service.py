@@ -175,7 +175,7 @@ class AnswerService:
             threshold=self.settings.citation_min_similarity,
         )
         usage = {
-            "prompt_tokens": completion.prompt_tokens or prepared.prompt.tokens,
+            "prompt_tokens": completion.prompt_tokens or prepared.prompt.tokens or 0,
             "completion_tokens": completion.completion_tokens,
         }
         return answer_object(prepared, parsed.answer, parsed.citations, usage=usage, check=check)

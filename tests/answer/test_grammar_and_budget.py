@@ -83,11 +83,26 @@ async def test_sources_that_do_not_fit_are_dropped_whole_lowest_score_first(
     assert prompt.tokens <= context - reserve - SAFETY_TOKENS
 
 
-async def test_everything_fits_in_one_measurement(qa_app: QaApp) -> None:
+async def test_a_prompt_with_fewer_bytes_than_the_budget_is_not_measured(qa_app: QaApp) -> None:
     builder = PromptBuilder(qa_app.served.services.generation_pool)
     results = [result(1, "Short source.", 0.9), result(2, "Another short source.", 0.8)]
     prompt = await builder.build(load_template("answer-v1"), "Short?", results, reserve=256)
     assert [s.n for s in prompt.sources] == [1, 2]
+    assert prompt.dropped == 0
+    assert prompt.tokens is None
+    measured = await builder.count(prompt.text)
+    assert measured <= len(prompt.text.encode()), "the byte bound holds for this tokenizer"
+
+
+async def test_a_prompt_near_the_budget_is_measured(qa_app: QaApp) -> None:
+    builder = PromptBuilder(qa_app.served.services.generation_pool)
+    template = load_template("answer-v1")
+    results = [result(1, "Short source.", 0.9)]
+    text = await builder.format(template.messages("Short?", [Source(1, results[0])]))
+    context = await builder.context_size()
+    reserve = context - len(text.encode()) - SAFETY_TOKENS  # one byte short of the bound
+    prompt = await builder.build(template, "Short?", results, reserve=reserve + 1)
+    assert prompt.tokens == await builder.count(text)
     assert prompt.dropped == 0
 
 
