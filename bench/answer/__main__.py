@@ -131,7 +131,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     ttft = await ttft_pairs(
                         http=http, service=service, service_url=url,
                         generation_url=generation_url, slots=settings.generation_slots,
-                        collection=COLLECTION, questions=QUESTIONS, rounds=args.rounds,
+                        collection=COLLECTION, questions=QUESTIONS[: args.questions],
+                        rounds=args.rounds, warm=args.cache == "warm",
                     )  # fmt: skip
                     log("search latency")
                     rng = random.Random(11)
@@ -139,7 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     sample = rng.sample(queries, min(args.searches, len(queries)))
                     search = await search_latency(
                         http=http, service_url=url, embedding_url=embedding_url,
-                        collection=COLLECTION, queries=sample, top_k=5,
+                        store=services.store, collection=COLLECTION, queries=sample, top_k=5,
                     )  # fmt: skip
     return {
         "benchmark": "answer",
@@ -151,9 +152,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "embedding": "all-MiniLM-L6-v2 f16",
             "vector_store": "Qdrant local mode",
             "answer_top_k": args.top_k,
-            "questions": len(QUESTIONS),
+            "questions": min(args.questions, len(QUESTIONS)),
             "rounds": args.rounds,
-            "prompt_cache": "erased before every call of both arms",
+            "prompt_cache": (
+                "warm: emptied, then the exact prompt processed once per question before both arms"
+                if args.cache == "warm"
+                else "cold: emptied before every call of both arms"
+            ),
         },
         "collection": corpus,
         "ttft": ttft,
@@ -190,8 +195,7 @@ def markdown(result: dict[str, Any]) -> str:
         "Time from sending the request to the first character of the answer text: the first "
         "`delta` event of `POST /v1/answer` (stream), against the first answer character from "
         "llama-server's `/completion` called directly with the same final prompt and grammar. "
-        "Both arms run alternately per question with the slots' prompt caches erased before "
-        "every call.",
+        f"Both arms run alternately per question; prompt cache: {result['setup']['prompt_cache']}.",
         "",
         "| measure | n | p50 ms | p90 ms | p99 ms |",
         "| --- | --- | --- | --- | --- |",
@@ -215,6 +219,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- |",
         row("`POST /v1/search`", search["search"]),
         row("embedding only (baseline)", search["embedding_only_baseline"]),
+        row("vector store only, in process", search["vector_store_only"]),
         "",
         f"Ratio of p50s (search / embedding only): {search['ratio_p50']}.",
         "",
@@ -229,6 +234,12 @@ def main() -> None:
         "--unique", type=int, default=1_000, help="Distinct texts embedded (<= chunks)."
     )
     parser.add_argument("--rounds", type=int, default=2, help="Passes over the questions.")
+    parser.add_argument(
+        "--questions", type=int, default=len(QUESTIONS), help="Questions used (from the start)."
+    )
+    parser.add_argument(
+        "--cache", choices=["warm", "cold"], default="warm", help="Prompt cache of both arms."
+    )
     parser.add_argument("--searches", type=int, default=300, help="Search requests timed.")
     parser.add_argument("--top-k", type=int, default=3, help="Sources per answer.")
     parser.add_argument("--out", type=Path, default=OUT, help="Where the results go.")
