@@ -44,6 +44,9 @@ class DocumentInfo:
     filename: str
     content_type: str
     metadata: dict[str, object]
+    # First attempt at a document never indexed before: no stale points can exist, so the
+    # filtered delete (a scan of every point in Qdrant local mode) is skipped.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ async def ingest_document(
     finally:
         if not pending.done():
             pending.cancel()
-    await store.delete_document(document.collection, document.id, from_index=total)
+    if not document.fresh:
+        await store.delete_document(document.collection, document.id, from_index=total)
     return IngestResult(pages=pages, chunks=total)
 
 

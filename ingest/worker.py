@@ -136,6 +136,7 @@ class Workers:
                     filename=document.filename,
                     content_type=document.content_type,
                     metadata=dict(document.metadata or {}),
+                    fresh=job.attempts == 1 and document.chunks is None,
                 ),
                 data,
                 store=self.store,
