@@ -134,6 +134,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         collection=COLLECTION, questions=QUESTIONS[: args.questions],
                         rounds=args.rounds, warm=args.cache == "warm",
                     )  # fmt: skip
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    (args.out / "answer.partial.json").write_text(json.dumps(ttft, indent=2))
                     log("search latency")
                     rng = random.Random(11)
                     queries = [" ".join(text.split()[2:9]) for text in synthetic_texts(args.unique)]

@@ -13,6 +13,7 @@ import httpx
 
 from rag.answer import AnswerService, Question
 from rag.answer.extract import FieldExtractor
+from rag.vectorstore import VectorStore
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -152,11 +153,13 @@ async def search_latency(
     service_url: str,
     embedding_url: str,
     collection: str,
+    store: VectorStore,
     queries: list[str],
     top_k: int,
 ) -> dict[str, Any]:
-    """``POST /v1/search`` against the baseline of one query embedding straight from the server."""
-    searched, embedded = [], []
+    """``POST /v1/search`` against the baseline of one query embedding straight from the server;
+    and the vector store's own part (the query vector given), in process."""
+    searched, embedded, stored = [], [], []
     for query in queries:
         started = time.perf_counter()
         response = await http.post(
@@ -166,12 +169,16 @@ async def search_latency(
         response.raise_for_status()
         searched.append(time.perf_counter() - started)
         started = time.perf_counter()
-        (
-            await http.post(f"{embedding_url}/v1/embeddings", json={"input": [query]})
-        ).raise_for_status()
+        response = await http.post(f"{embedding_url}/v1/embeddings", json={"input": [query]})
+        response.raise_for_status()
         embedded.append(time.perf_counter() - started)
+        vector = response.json()["data"][0]["embedding"]
+        started = time.perf_counter()
+        await store.search(collection, vector=vector, text=query, top_k=top_k)
+        stored.append(time.perf_counter() - started)
     return {
         "search": summary(searched),
         "embedding_only_baseline": summary(embedded),
+        "vector_store_only": summary(stored),
         "ratio_p50": round(percentile(searched, 0.5) / percentile(embedded, 0.5), 3),
     }
