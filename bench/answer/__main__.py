@@ -27,6 +27,7 @@ import uvicorn
 
 from bench.answer.corpus import QUESTIONS, build_collection, synthetic_texts
 from bench.answer.measure import search_latency, ttft_pairs
+from bench.answer.report import write_report
 from rag.answer import AnswerService
 from rag.app import create_app
 from rag.runtime.children import embedding_args, generation_args
@@ -175,60 +176,6 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def markdown(result: dict[str, Any]) -> str:
-    ttft, search, corpus = result["ttft"], result["search"], result["collection"]
-
-    def row(name: str, s: dict[str, float]) -> str:
-        return f"| {name} | {s['n']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |"
-
-    added = ttft["added_ttft_paired"]["p50_ms"]
-    verdict = "met" if added < 50 else "missed"
-    replicated = corpus["points"] - corpus["unique_embedded_texts"]
-    reuse = f"; {replicated} points reuse their vectors under other ids" if replicated > 0 else ""
-    lines = [
-        "# Answer benchmark",
-        "",
-        f"Run {result['date_utc']} on {result['machine']['cpus']} CPUs, "
-        f"command `{result['command']}`. Setup: {result['setup']['generation']}; "
-        f"{result['setup']['embedding']}; {result['setup']['vector_store']}.",
-        "",
-        "## Time to first token",
-        "",
-        "Time from sending the request to the first character of the answer text: the first "
-        "`delta` event of `POST /v1/answer` (stream), against the first answer character from "
-        "llama-server's `/completion` called directly with the same final prompt and grammar. "
-        f"Both arms run alternately per question; prompt cache: {result['setup']['prompt_cache']}.",
-        "",
-        "| measure | n | p50 ms | p90 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- |",
-        row("`/v1/answer` (stream) first delta", ttft["service_ttft"]),
-        row("llama-server direct, same prompt", ttft["direct_ttft"]),
-        row("added by the service (paired difference)", ttft["added_ttft_paired"]),
-        row("`/v1/answer` `sources` event", ttft["service_time_to_sources_event"]),
-        row("retrieval + prompt building in process", ttft["prepare_in_process"]),
-        "",
-        f"Ratio of p50s (service / direct): {ttft['ratio_p50']}. Goal: added p50 < 50 ms — "
-        f"**{verdict}** ({added} ms).",
-        "",
-        "## Search latency",
-        "",
-        f"`POST /v1/search` (top 5, dense) on a collection of {corpus['points']} chunks "
-        f"({corpus['unique_embedded_texts']} distinct texts embedded by the real embedding "
-        f"server{reuse}).",
-        "Baseline: one query embedding straight from the embedding llama-server.",
-        "",
-        "| measure | n | p50 ms | p90 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- |",
-        row("`POST /v1/search`", search["search"]),
-        row("embedding only (baseline)", search["embedding_only_baseline"]),
-        row("vector store only, in process", search["vector_store_only"]),
-        "",
-        f"Ratio of p50s (search / embedding only): {search['ratio_p50']}.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.answer", description=__doc__)
     parser.add_argument("--chunks", type=int, default=10_000, help="Points in the collection.")
@@ -245,13 +192,14 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=300, help="Search requests timed.")
     parser.add_argument("--top-k", type=int, default=3, help="Sources per answer.")
     parser.add_argument("--out", type=Path, default=OUT, help="Where the results go.")
+    parser.add_argument(
+        "--from-json", type=Path, help="Write the report of an earlier run's answer.json only."
+    )
     args = parser.parse_args()
     args.unique = min(args.unique, args.chunks)
-    result = asyncio.run(run(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "answer.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "answer.md").write_text(markdown(result))
-    print(markdown(result))
+    result = json.loads(args.from_json.read_text()) if args.from_json else asyncio.run(run(args))
+    print(write_report(result, args.out))
+    (args.out / "answer.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
