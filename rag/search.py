@@ -98,7 +98,9 @@ class Searcher:
             raise InvalidRequest("the query is empty")
         vector = None
         if retrieval != "sparse":
-            (length,) = await self.embedder.token_counts([query])
+            # a token is at least one UTF-8 byte: a query that short needs no /tokenize call
+            short = len(query.encode()) + SPECIAL_TOKENS <= self.max_query_tokens
+            (length,) = [0] if short else await self.embedder.token_counts([query])
             if length + SPECIAL_TOKENS > self.max_query_tokens:
                 raise InvalidRequest(
                     f"the query is {length} model tokens long; the limit is "

@@ -57,9 +57,7 @@ class Hit:
 
 
 class VectorStore:
-    def __init__(
-        self, client: AsyncQdrantClient, *, dimensions: int, server: bool = False
-    ) -> None:
+    def __init__(self, client: AsyncQdrantClient, *, dimensions: int, server: bool = False) -> None:
         self.client = client
         self.dimensions = dimensions
         self.server = server  # payload indexes only exist (and only matter) on a server
@@ -70,7 +68,10 @@ class VectorStore:
         cls, *, url: str | None, path: str | None, timeout: float, dimensions: int
     ) -> VectorStore:
         if url:
-            client = AsyncQdrantClient(url=url, timeout=int(max(1, timeout)))
+            # no version check: it runs at start-up in a thread and fails while Qdrant is down
+            client = AsyncQdrantClient(
+                url=url, timeout=int(max(1, timeout)), check_compatibility=False
+            )
         else:
             client = AsyncQdrantClient(path=path)
         return cls(client, dimensions=dimensions, server=bool(url))
