@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from rag.cli.http import error_text
+
 EXIT_OK, EXIT_ANSWER_FAILED, EXIT_REQUEST_FAILED = 0, 1, 2
 
 
@@ -36,7 +38,7 @@ def ask(
         ):
             if response.status_code != 200:
                 response.read()
-                typer.echo(f"error: {_error_text(response)}", err=True)
+                typer.echo(f"error: {error_text(response)}", err=True)
                 raise typer.Exit(EXIT_REQUEST_FAILED)
             code = _show(read_events(response.iter_lines()), as_json=as_json)
     except httpx.HTTPError as exc:
@@ -93,11 +95,3 @@ def _show_sources(final: dict[str, Any]) -> None:
             where += f", page {source['page']}"
         note = "  (not supported by this source's text)" if n in unsupported else ""
         typer.echo(f"  [{n}] {where}{note}")
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        error = response.json()["error"]
-        return f"{error['message']} ({error['type']}, HTTP {response.status_code})"
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rag.cli.http import error_text
 from rag.cli.progress import console
 
 SUFFIXES = {".pdf", ".docx", ".csv", ".txt", ".md", ".markdown", ".text"}
@@ -28,14 +29,6 @@ def collect(paths: list[Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{path} does not exist")
     return files
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        error = response.json()["error"]
-        return f"{error['type']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
 
 
 def ingest(
@@ -60,7 +53,7 @@ def ingest(
                     "/v1/documents", data=data, files={"file": (path.name, handle)}
                 )
             if response.status_code >= 400:
-                failures.append((path.name, _error_text(response)))
+                failures.append((path.name, error_text(response)))
                 continue
             for document in response.json()["documents"]:
                 if document.get("job_id"):
