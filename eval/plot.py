@@ -18,7 +18,7 @@ def plot_runs(reports: list[dict[str, Any]], path: Path, *, title: str | None = 
 
     names = list(MEASURES)
     width = 0.8 / max(1, len(reports))
-    figure, axes = plt.subplots(figsize=(max(7.0, 1.6 * len(names) + 0.4 * len(reports)), 4.5))
+    figure, axes = plt.subplots(figsize=(max(7.0, 1.6 * len(names) + 0.4 * len(reports)), 5.5))
     for index, report in enumerate(reports):
         values = [float(report["metrics"].get(name, 0.0)) for name in names]
         offsets = [i + (index - (len(reports) - 1) / 2) * width for i in range(len(names))]
@@ -28,7 +28,7 @@ def plot_runs(reports: list[dict[str, Any]], path: Path, *, title: str | None = 
     axes.set_ylim(0, 1.1)
     axes.set_ylabel("score")
     axes.set_title(title or f"Retrieval metrics ({reports[0]['dataset']['name']})")
-    axes.legend(fontsize=7, loc="lower right")
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
