@@ -9,6 +9,7 @@ and queries go through :class:`rag.search.Searcher`, the code behind ``POST /v1/
 embedding limit and truncation, model identity). Every document's payload carries the sha256 of
 its content; a re-run reads those hashes back and ingests only documents that are new or changed
 (and deletes those gone from the corpus), so a second run with the same settings skips ingestion.
+Documents new to the collection are ingested with ``fresh=True``: no stale chunks to delete.
 
 **Document scores.** Search returns chunks; a document's score is the **maximum over its
 chunks' scores** (its best passage, "MaxP"), and documents are ranked by it. To rank ``top_k``
@@ -123,27 +124,6 @@ def collection_name(dataset: Dataset, options: RunOptions, model: dict[str, Any]
     return f"eval-{slug}-{index_hash(options, model)[:12]}"
 
 
-class _NewDocumentsStore(VectorStore):
-    """The run's store, minus the stale-chunk delete for documents new to the collection.
-
-    ``ingest_document`` ends by deleting the document's chunks past its new chunk count. For a
-    document the collection has never held there is nothing to delete, and in Qdrant local mode
-    that filtered delete scans every point (about 0.5 s per call at 5,000 points), which would
-    make ingesting a corpus quadratic. Results are identical; changed documents still get it.
-    """
-
-    def __init__(self, store: VectorStore, new: set[str]) -> None:
-        super().__init__(store.client, dimensions=store.dimensions, server=store.server)
-        self.new = new
-
-    async def delete_document(
-        self, collection: str, document_id: str, *, from_index: int = 0
-    ) -> None:
-        if from_index > 0 and document_id in self.new:
-            return
-        await super().delete_document(collection, document_id, from_index=from_index)
-
-
 @dataclass
 class IngestStats:
     documents: int = 0
@@ -207,7 +187,6 @@ async def ingest_corpus(
     for doc_id in gone:
         await store.delete_document(collection, doc_id)
     stats.removed = len(gone)
-    writer = _NewDocumentsStore(store, {doc.id for doc in todo if doc.id not in existing})
     gate = asyncio.Semaphore(concurrency)
     done = 0
     progress("ingesting", 0, len(todo))
@@ -220,11 +199,12 @@ async def ingest_corpus(
         info = DocumentInfo(
             id=doc.id, collection=collection, filename=doc.filename(),
             content_type=doc.content_type(), metadata={"content_sha256": doc.sha256()},
+            fresh=doc.id not in existing,
         )  # fmt: skip
         async with gate:
             try:
                 result = await ingest_document(
-                    info, doc.content().encode("utf-8"), store=writer, embedder=embedder,
+                    info, doc.content().encode("utf-8"), store=store, embedder=embedder,
                     executor=executor, options=options, report=report,
                 )  # fmt: skip
                 stats.ingested += 1

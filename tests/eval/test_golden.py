@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,20 @@ async def test_second_run_with_same_settings_skips_ingestion(
     assert second.ingestion.points == first.ingestion.chunks
     other = RunOptions.from_settings(base_settings, chunk_size_tokens=120)
     assert (await _run(golden, base_settings, service, store, other)).collection != first.collection
+
+
+async def test_changed_documents_are_ingested_again(
+    golden: Dataset, base_settings: Settings, service: EmbeddingService, store: VectorStore
+) -> None:
+    options = RunOptions.from_settings(base_settings, chunking="document", truncate=True)
+    await _run(golden, base_settings, service, store, options)
+    doc = golden.corpus["models.csv"]
+    changed = replace(doc, text=doc.text + "bge-small,embedding,33 million,GGUF f16,MIT\n")
+    edited = replace(golden, corpus={**golden.corpus, doc.id: changed})
+    again = await _run(edited, base_settings, service, store, options)
+    assert (again.ingestion.ingested, again.ingestion.skipped) == (1, len(golden.corpus) - 1)
+    fewer = replace(golden, corpus={k: v for k, v in golden.corpus.items() if k != doc.id})
+    assert (await _run(fewer, base_settings, service, store, options)).ingestion.removed == 1
 
 
 async def test_truncation_embeds_the_first_tokens_like_sentence_transformers(
