@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ async def embedding_service(
             model_path = prepared.embedding_model
             args = embedding_args(settings, model_path)
             specs = [
-                ChildSpec(f"eval-embedding-{index}", "embedding", args, free_port())
+                ChildSpec(f"eval-embedding-{os.getpid()}-{index}", "embedding", args, free_port())
                 for index in range(settings.eval_embedding_servers)
             ]
             supervisor = Supervisor(
