@@ -26,6 +26,7 @@ from rag.pool import Pool
 from rag.runtime.children import embedding_args
 from rag.runtime.prepare import prepare_runtime
 from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.services import upstream_timeout
 from rag.settings import Settings
 
 READY_TIMEOUT = 120.0
@@ -51,15 +52,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _timeout(settings: Settings) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=settings.upstream_connect_timeout,
-        read=settings.upstream_read_timeout,
-        write=settings.upstream_read_timeout,
-        pool=settings.upstream_connect_timeout,
-    )
-
-
 @contextlib.asynccontextmanager
 async def embedding_service(
     settings: Settings, *, urls: list[str] | None = None
@@ -68,7 +60,9 @@ async def embedding_service(
     urls = [url.rstrip("/") for url in (urls or settings.embedding_urls)]
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=_timeout(settings), limits=httpx.Limits(max_connections=64))
+            httpx.AsyncClient(
+                timeout=upstream_timeout(settings), limits=httpx.Limits(max_connections=64)
+            )
         )
         pool = Pool(
             "eval-embedding",

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Lease of a claimed job; renewed every third of it."
     )
     workers: int = Field(
-        4,
+        8,
         ge=0,
         description="Ingestion job loops in this process (`rag run`, `rag worker`); their "
         "embedding requests are batched together.",
