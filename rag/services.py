@@ -24,6 +24,7 @@ from ingest.worker import Workers
 from rag.embeddings import Embedder
 from rag.metrics import Metrics
 from rag.pool import Pool
+from rag.pool.client import pool_client
 from rag.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
 from rag.search import Searcher
@@ -103,15 +104,11 @@ async def open_services(
     run_workers: bool = False,
 ) -> AsyncIterator[Services]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
-    timeout = upstream_timeout(settings)
+    connect, read = settings.upstream_connect_timeout, settings.upstream_read_timeout
     async with contextlib.AsyncExitStack() as stack:
-        embedding_http = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=timeout, limits=limits)
-        )
-        generation_http = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=timeout, limits=limits)
-        )
+        # one client per upstream kind, with TCP_NODELAY (see rag/pool/client.py)
+        embedding_http = await stack.enter_async_context(pool_client(connect=connect, read=read))
+        generation_http = await stack.enter_async_context(pool_client(connect=connect, read=read))
         embedding_pool = _pool("embedding", settings, embedding_http, metrics)
         generation_pool = _pool("generation", settings, generation_http, metrics)
         for url in settings.embedding_urls:
