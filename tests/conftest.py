@@ -46,14 +46,20 @@ class RunningServer:
         self.urls = [child.spec.url for child in supervisor.children]
 
 
-async def _start(
-    settings: Settings, runtime: PreparedRuntime, specs: list[ChildSpec], http: httpx.AsyncClient
+async def start_children(
+    binary: Path,
+    specs: list[ChildSpec],
+    *,
+    logs_dir: Path,
+    http: httpx.AsyncClient,
+    **options: Any,
 ) -> Supervisor:
-    supervisor = Supervisor(runtime.llama_server, specs, logs_dir=settings.logs_dir, http=http)
+    """Real llama-server children under a supervisor, healthy, or the test fails."""
+    supervisor = Supervisor(binary, specs, logs_dir=logs_dir, http=http, **options)
     await supervisor.start()
     if not await supervisor.wait_healthy(120):
         await supervisor.stop()
-        pytest.fail(f"llama-server children did not become healthy; logs in {settings.logs_dir}")
+        pytest.fail(f"llama-server children did not become healthy; logs in {logs_dir}")
     return supervisor
 
 
@@ -74,7 +80,9 @@ async def embedding_server(
         embedding_args(base_settings, runtime.embedding_model),
         free_port(),
     )
-    supervisor = await _start(base_settings, runtime, [spec], session_http)
+    supervisor = await start_children(
+        runtime.llama_server, [spec], logs_dir=base_settings.logs_dir, http=session_http
+    )
     yield RunningServer(supervisor)
     await supervisor.stop()
 
@@ -90,7 +98,9 @@ async def generation_server(
         generation_args(base_settings, runtime.generation_model),
         free_port(),
     )
-    supervisor = await _start(base_settings, runtime, [spec], session_http)
+    supervisor = await start_children(
+        runtime.llama_server, [spec], logs_dir=base_settings.logs_dir, http=session_http
+    )
     yield RunningServer(supervisor)
     await supervisor.stop()
 

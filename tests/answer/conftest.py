@@ -13,17 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from ingest.pipeline import DocumentInfo, ingest_document
 from rag.app import create_app
 from rag.runtime.children import generation_args
 from rag.runtime.prepare import PreparedRuntime
-from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.runtime.supervisor import ChildSpec, free_port
 from rag.services import Services, ingest_options
 from rag.settings import Settings
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, serve_app, start_children
 
 COLLECTION = "qa"
 DOCUMENTS = {
@@ -58,22 +57,12 @@ ANSWER_SETTINGS: dict[str, Any] = {
 async def answer_generation_server(
     base_settings: Settings, runtime: PreparedRuntime, session_http: httpx.AsyncClient
 ) -> AsyncIterator[RunningServer]:
-    """A real generation llama-server (SmolLM2-135M-Instruct) with the service's own flags.
-
-    ``--no-repack`` as well: with a native build on CPUs with AMX, the AMX kernels crash on the
-    Q4_1 weights (SIGSEGV in ggml_backend_amx_mul_mat at warm-up); without repacking the model
-    runs. Harmless with the portable build the runtime now makes."""
+    """A real generation llama-server (SmolLM2-135M-Instruct) with the service's own flags."""
     args = generation_args(base_settings, runtime.generation_model)
-    if "--no-repack" not in args:
-        args = (*args, "--no-repack")
     spec = ChildSpec("answer-generation", "generation", args, free_port())
-    supervisor = Supervisor(
+    supervisor = await start_children(
         runtime.llama_server, [spec], logs_dir=base_settings.logs_dir, http=session_http
     )
-    await supervisor.start()
-    if not await supervisor.wait_healthy(120):
-        await supervisor.stop()
-        pytest.fail(f"the generation llama-server did not start; logs in {base_settings.logs_dir}")
     yield RunningServer(supervisor)
     await supervisor.stop()
 
@@ -95,26 +84,7 @@ def answer_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-@contextlib.asynccontextmanager
-async def serve_asgi(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` (lifespan included) served by uvicorn on a free local port; yields its URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        if not server.started:
-            raise RuntimeError("uvicorn did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+serve_asgi = serve_app  # one way to serve an app in the tests (tests/conftest.py)
 
 
 @contextlib.asynccontextmanager

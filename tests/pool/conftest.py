@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from rag.runtime.build import ensure_llama_server
 from rag.runtime.models import ensure_generation_model
 from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
 from rag.settings import Settings
+from tests.conftest import serve_app, start_children
 
 SLOTS = 2
 
@@ -46,14 +44,9 @@ async def start_servers(
         ChildSpec(name, "generation", server_args(binaries.generation_model), free_port())
         for name in names
     ]
-    supervisor = Supervisor(
+    return await start_children(
         binaries.llama_server, specs, logs_dir=settings.logs_dir, http=http, backoff_max=2.0
     )
-    await supervisor.start()
-    if not await supervisor.wait_healthy(120):
-        await supervisor.stop()
-        pytest.fail(f"llama-server children did not become healthy; logs in {settings.logs_dir}")
-    return supervisor
 
 
 @pytest.fixture(scope="session")
@@ -92,24 +85,7 @@ async def wait_for(predicate: Any, within: float = 10.0, step: float = 0.05) -> 
         await asyncio.sleep(step)
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        if not await wait_for(lambda: server.started or task.done(), within=10):
-            pytest.fail("the balancer did not start")
-        if task.done():
-            task.result()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+serving = serve_app  # one way to serve an app in the tests (tests/conftest.py)
 
 
 HOLD = {"prompt": "Count from one to one thousand: one, two,", "n_predict": 400, "ignore_eos": True}
