@@ -26,7 +26,7 @@ from rag.metrics import Metrics
 from rag.pool import Pool
 from rag.pool.client import pool_client
 from rag.runtime.paths import EMBEDDING_DIMENSIONS
-from rag.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
+from rag.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor, die_with_parent
 from rag.search import Searcher
 from rag.settings import Settings
 from rag.vectorstore import VectorStore
@@ -160,9 +160,14 @@ async def open_services(
             stack.push_async_callback(services.supervisor.stop)
         if run_workers and settings.workers > 0:
             # spawn, not fork: a forked child would inherit (and outlive us holding) the lock of
-            # Qdrant local mode and every other descriptor this process has open
+            # Qdrant local mode and every other descriptor this process has open; and each
+            # worker dies with us, even when we are SIGKILLed
             executor = stack.enter_context(
-                ProcessPoolExecutor(settings.parse_processes, mp_context=get_context("spawn"))
+                ProcessPoolExecutor(
+                    settings.parse_processes,
+                    mp_context=get_context("spawn"),
+                    initializer=die_with_parent,
+                )
             )
             services.workers = Workers(
                 registry=registry,

@@ -49,6 +49,34 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and "spawn_main" in Path(stat.parent, "cmdline").read_text():
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie waits for its reaper: it runs no more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], within: float) -> list[int]:
+    deadline = time.monotonic() + within
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.1)
+    return alive
+
+
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
@@ -96,8 +124,11 @@ async def test_killed_worker_loses_nothing(embedding_server: RunningServer, tmp_
             else:
                 log = (tmp_path / "worker-1.log").read_text()
                 pytest.fail(f"the first worker never started embedding: {current}\n{log}")
+            orphans = _children_of(first.pid)  # its parsing process, started by now
+            assert orphans, "the worker has no parsing process"
             first.send_signal(signal.SIGKILL)
             first.wait(10)
+            assert _wait_gone(orphans, 10) == [], "the worker's parsing process outlived it"
         finally:
             if first.poll() is None:
                 first.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ import httpx
 
 from rag.runtime.build import ensure_llama_server
 from rag.runtime.models import ensure_generation_model
-from rag.runtime.supervisor import free_port
+from rag.runtime.supervisor import die_with_parent, free_port
 from rag.settings import Settings
 
 OUT_DIR = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
@@ -64,10 +63,6 @@ def machine() -> dict[str, Any]:
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def stop_on_sigterm() -> None:
@@ -123,7 +118,7 @@ def llama_servers(count: int, *, slots: int, ctx: int, workdir: Path) -> Iterato
                     [str(binary), "-m", str(model), "-c", str(ctx), "-np", str(slots), "-t", "1",
                      "--no-webui", "--host", "127.0.0.1", "--port", str(port)],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )  # fmt: skip
             procs.append(Proc(f"http://127.0.0.1:{port}", process, log))
         for proc in procs:
@@ -149,7 +144,7 @@ def balancer(
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=environment, preexec_fn=_die_with_parent,
+            env=environment, preexec_fn=die_with_parent,
         )  # fmt: skip
     proc = Proc(f"http://127.0.0.1:{port}", process, log)
     try:
@@ -211,7 +206,7 @@ def nginx_least_conn(upstreams: Sequence[str], *, workdir: Path) -> Iterator[str
             [binary, "-p", str(conf_dir), "-c", str(conf)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     proc = Proc(f"http://127.0.0.1:{port}", process, log)
     try:
