@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 
 from rag.pool import Pool
+from rag.pool.client import pool_client
 from rag.runtime.children import embedding_args
 from rag.runtime.prepare import prepare_runtime
 from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
-from rag.services import upstream_timeout
 from rag.settings import Settings
 
 READY_TIMEOUT = 120.0
@@ -60,8 +60,10 @@ async def embedding_service(
     urls = [url.rstrip("/") for url in (urls or settings.embedding_urls)]
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
-            httpx.AsyncClient(
-                timeout=upstream_timeout(settings), limits=httpx.Limits(max_connections=64)
+            pool_client(
+                connect=settings.upstream_connect_timeout,
+                read=settings.upstream_read_timeout,
+                max_connections=64,
             )
         )
         pool = Pool(

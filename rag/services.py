@@ -61,15 +61,6 @@ class Services:
     workers: Workers | None = None
 
 
-def upstream_timeout(settings: Settings) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=settings.upstream_connect_timeout,
-        read=settings.upstream_read_timeout,
-        write=settings.upstream_read_timeout,
-        pool=settings.upstream_connect_timeout,
-    )
-
-
 def ingest_options(settings: Settings) -> IngestOptions:
     return IngestOptions(
         chunking=ChunkingOptions(
