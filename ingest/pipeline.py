@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from ingest.chunking import Chunk, ChunkingOptions, chunk_document, split_to_fit
 from ingest.parsing import ParseError, parse_document
+from ingest.tokens import encoding
 from rag.embeddings import Embedder
+from rag.runtime.supervisor import die_with_parent
 from rag.vectorstore import ChunkPoint, VectorStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,14 @@ class DocumentFailed(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def prepare_parse_process() -> None:
+    """Initializer of a parsing process: die with the service, and load what parsing needs now
+    (the parsers' modules are imported with this one; the tiktoken encoding takes ~0.5 s), so
+    that the first document does not pay for it."""
+    die_with_parent()
+    encoding()
 
 
 def parse_and_chunk(

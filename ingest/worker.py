@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -43,6 +44,7 @@ class Workers:
         concurrency: int = 2,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
+        progress_interval: float = 1.0,
         owner: str | None = None,
     ) -> None:
         self.registry = registry
@@ -54,6 +56,7 @@ class Workers:
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        self.progress_interval = progress_interval
         self.owner = owner or worker_name()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,8 +127,15 @@ class Workers:
             await registry.complete_job(job.id, owner)
             return
 
+        written = time.monotonic()  # claiming the job wrote its state
+
         async def report(stage: str, done: int, total: int) -> None:
-            await registry.set_progress(job.id, owner, stage, done, total)
+            # at most one progress write per interval: a small document is done before the
+            # first, and completing the job records its final state anyway
+            nonlocal written
+            if time.monotonic() - written >= self.progress_interval:
+                written = time.monotonic()
+                await registry.set_progress(job.id, owner, stage, done, total)
 
         try:
             data = await self.blobs.read(document.sha256)

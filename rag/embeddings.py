@@ -22,6 +22,9 @@ import httpx
 
 from rag.errors import RagError, UpstreamFailed, UpstreamUnavailable
 
+MARKER_TOKEN = 0
+"""Token id put after each text of a batched ``/tokenize`` call ([PAD] in BERT vocabularies)."""
+
 
 class _Transient(UpstreamFailed):
     """A 5xx from the embedding server: worth another try."""
@@ -113,15 +116,38 @@ class Embedder:
                 future.set_result(row["embedding"])
 
     async def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """The served model's exact token count of each text (special tokens excluded)."""
-        gate = asyncio.Semaphore(self.concurrency * 4)
+        """The served model's exact token count of each text (special tokens excluded).
+
+        One ``/tokenize`` call measures up to ``batch_size`` texts: llama-server tokenizes each
+        string of a mixed content list on its own, so a marker token id after each text splits
+        its answer into exact per-text counts. With ``parse_special`` off a text cannot yield a
+        control token; if the marker still shows up elsewhere (a vocabulary where it is an
+        ordinary token) the batch is measured text by text instead. Literal special-token
+        strings in a text then count as their pieces: an overestimate, never an underestimate.
+        """
+        gate = asyncio.Semaphore(self.concurrency * 2)
+
+        async def batch(part: Sequence[str]) -> list[int]:
+            content: list[str | int] = []
+            for text in part:
+                content += [text, MARKER_TOKEN]
+            async with gate:
+                body = await self._call("/tokenize", {"content": content, "parse_special": False})
+            tokens: list[int] = body["tokens"]
+            ends = [index for index, token in enumerate(tokens) if token == MARKER_TOKEN]
+            if len(ends) != len(part):
+                return [await one(text) for text in part]
+            return [end - start - 1 for start, end in zip([-1, *ends], ends, strict=False)]
 
         async def one(text: str) -> int:
             async with gate:
                 body = await self._call("/tokenize", {"content": text})
             return len(body["tokens"])
 
-        return list(await asyncio.gather(*(one(text) for text in texts)))
+        size = self.batch_size
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
+        counts = await asyncio.gather(*(batch(part) for part in parts))
+        return [count for part in counts for count in part]
 
     async def _call(self, path: str, payload: dict[str, Any]) -> Any:
         attempt = 0

@@ -18,7 +18,7 @@ import httpx
 
 from ingest.blobs import BlobStore
 from ingest.chunking import ChunkingOptions
-from ingest.pipeline import IngestOptions
+from ingest.pipeline import IngestOptions, prepare_parse_process
 from ingest.registry import Registry
 from ingest.worker import Workers
 from rag.embeddings import Embedder
@@ -26,7 +26,7 @@ from rag.metrics import Metrics
 from rag.pool import Pool
 from rag.pool.client import pool_client
 from rag.runtime.paths import EMBEDDING_DIMENSIONS
-from rag.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor, die_with_parent
+from rag.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
 from rag.search import Searcher
 from rag.settings import Settings
 from rag.vectorstore import VectorStore
@@ -157,9 +157,11 @@ async def open_services(
                 ProcessPoolExecutor(
                     settings.parse_processes,
                     mp_context=get_context("spawn"),
-                    initializer=die_with_parent,
+                    initializer=prepare_parse_process,
                 )
             )
+            for _ in range(settings.parse_processes):  # start and warm them now, not on the
+                executor.submit(int)  # first upload
             services.workers = Workers(
                 registry=registry,
                 blobs=blobs,
@@ -169,6 +171,7 @@ async def open_services(
                 executor=executor,
                 concurrency=settings.workers,
                 lease_seconds=settings.job_lease_seconds,
+                progress_interval=settings.job_progress_interval,
             )
             services.workers.start()
             stack.push_async_callback(services.workers.stop)

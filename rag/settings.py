@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(
         30.0, gt=0, description="Lease of a claimed job; renewed every third of it."
     )
+    job_progress_interval: float = Field(
+        1.0, ge=0, description="Least seconds between two progress writes of a running job."
+    )
     workers: int = Field(
         8,
         ge=0,

@@ -1,5 +1,5 @@
 """The embedder's batching, ordering, retries and give-up, against an upstream faked at the
-HTTP boundary (httpx.MockTransport); the real server is exercised by the ingestion tests."""
+HTTP boundary (httpx.MockTransport); token counts also against the real embedding server."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import pytest
 
 from rag.embeddings import Embedder
 from rag.errors import UpstreamFailed, UpstreamUnavailable
+from tests.conftest import RunningServer
+
+VOCABULARY = {"zero": 0}
+"""Word ids of the fake tokenizer: "zero" is id 0 (the embedder's marker), any other word 7."""
 
 
 class Upstream:
@@ -31,8 +35,14 @@ class Upstream:
         if self.failures > 0:
             self.failures -= 1
             return httpx.Response(self.status, json={"error": {"message": "busy"}})
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": list(range(len(body["content"].split())))})
+        if request.url.path == "/tokenize":  # like llama.cpp: strings tokenized, ids kept
+            content = body["content"]
+            parts = content if isinstance(content, list) else [content]
+            tokens: list[int] = []
+            for part in parts:
+                words = part.split() if isinstance(part, str) else [part]
+                tokens += [VOCABULARY.get(w, 7) if isinstance(w, str) else w for w in words]
+            return httpx.Response(200, json={"tokens": tokens})
         data = [
             {"index": i, "embedding": [float(len(text)), float(i)]}
             for i, text in reversed(list(enumerate(body["input"])))
@@ -90,8 +100,47 @@ async def test_connection_errors_become_unavailable() -> None:
 
 
 async def test_token_counts() -> None:
-    embedder = Embedder(Upstream())
-    assert await embedder.token_counts(["one two", "three"]) == [2, 1]
+    upstream = Upstream()
+    embedder = Embedder(upstream, batch_size=2)
+    texts = ["one two", "three", "", "four five six", "seven"]
+    assert await embedder.token_counts(texts) == [2, 1, 0, 3, 1]
+    assert len(upstream.calls) == 3  # two texts per call
+
+
+async def test_token_counts_fall_back_when_a_text_yields_the_marker() -> None:
+    upstream = Upstream()
+    embedder = Embedder(upstream, batch_size=8)
+    assert await embedder.token_counts(["one zero two", "three"]) == [3, 1]
+    assert [isinstance(call["content"], list) for call in upstream.calls] == [True, False, False]
+
+
+@pytest.mark.integration
+async def test_batched_token_counts_match_the_real_server(
+    embedding_server: RunningServer, session_http: httpx.AsyncClient
+) -> None:
+    """One /tokenize call per batch gives each text's own count, as one call per text would."""
+    url = embedding_server.url
+
+    class Direct:
+        async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+            return await session_http.request(method, url + path, json=json)
+
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "",
+        "Ünïcödé naïve café 東京 — résumé, ½ \u00d7 π ≈ 1.57",
+        "Table | 12.5 mg/kg | p < 0.001 | HbA1c ≥ 6.5%",
+        "word " * 200,
+        "x",
+        "  leading and trailing spaces  ",
+    ]
+    batched = await Embedder(Direct(), batch_size=3).token_counts(texts)
+    single = []
+    for text in texts:
+        response = await session_http.post(url + "/tokenize", json={"content": text})
+        single.append(len(response.json()["tokens"]))
+    assert batched == single
+    assert await Embedder(Direct()).token_counts(["[SEP] a"]) >= [2]  # literal: overestimated
 
 
 async def test_concurrent_callers_share_batches() -> None:

@@ -206,7 +206,7 @@ class JobQueue(Store):
         """Mark the job ``succeeded`` and its document ``ready`` (with ``pages`` and ``chunks``
         when given). ``None`` if ``owner`` lost the job: then nothing changes."""
         now = self.now()
-        values = {
+        values: dict[str, Any] = {
             "state": "succeeded",
             "stage": "done",
             "lease_owner": None,
@@ -214,6 +214,8 @@ class JobQueue(Store):
             "error": None,
             "updated_at": now,
         }
+        if chunks is not None:  # progress writes are throttled: the last one may be behind
+            values |= {"progress_done": chunks, "progress_total": chunks}
         async with self._write() as conn:
             row = await self._update_job(conn, _owned(job_id, owner), values)
             if row is None:
