@@ -65,11 +65,11 @@ class DocumentFailed(Exception):
         self.reason = reason
 
 
-def prepare_parse_process() -> None:
-    """Initializer of a parsing process: die with the service, and load what parsing needs now
-    (the parsers' modules are imported with this one; the tiktoken encoding takes ~0.5 s), so
-    that the first document does not pay for it."""
-    die_with_parent()
+def prepare_parse_process(parent: int) -> None:
+    """Initializer of a parsing process started by process ``parent``: die with it, and load
+    what parsing needs now (the parsers' modules are imported with this one; the tiktoken
+    encoding takes ~0.5 s), so that the first document does not pay for it."""
+    die_with_parent(parent)
     encoding()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ async def open_services(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     connect, read = settings.upstream_connect_timeout, settings.upstream_read_timeout
     async with contextlib.AsyncExitStack() as stack:
-        # one client per upstream kind, with TCP_NODELAY (see rag/pool/client.py)
+        # one client per upstream kind (aiohttp underneath, see rag/pool/client.py)
         embedding_http = await stack.enter_async_context(pool_client(connect=connect, read=read))
         generation_http = await stack.enter_async_context(pool_client(connect=connect, read=read))
         embedding_pool = _pool("embedding", settings, embedding_http, metrics)
@@ -158,6 +159,7 @@ async def open_services(
                     settings.parse_processes,
                     mp_context=get_context("spawn"),
                     initializer=prepare_parse_process,
+                    initargs=(os.getpid(),),
                 )
             )
             for _ in range(settings.parse_processes):  # start and warm them now, not on the

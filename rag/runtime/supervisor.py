@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import enum
 import logging
+import os
 import signal
 import socket
 import time
@@ -67,10 +68,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (children run it first)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (children run it first).
+
+    A child that runs this late (a spawned pool process, after its imports) passes its parent's
+    pid: if that parent died before the request took effect, the child exits now."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)
 
 
 class Supervisor:

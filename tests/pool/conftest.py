@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rag.pool.client import pool_client
 from rag.runtime.build import ensure_llama_server
 from rag.runtime.models import ensure_generation_model
 from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
@@ -51,8 +52,8 @@ async def start_servers(
 
 @pytest.fixture(scope="session")
 async def pool_http() -> AsyncIterator[httpx.AsyncClient]:
-    timeout = httpx.Timeout(connect=2.0, read=120.0, write=30.0, pool=5.0)
-    async with httpx.AsyncClient(timeout=timeout) as http:
+    """The client the service and the balancer hand their pools (aiohttp underneath)."""
+    async with pool_client(connect=2.0, read=120.0) as http:
         yield http
 
 
