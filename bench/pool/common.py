@@ -180,7 +180,6 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
-            proxy_request_buffering off;
             proxy_read_timeout 300s;
             proxy_next_upstream error timeout non_idempotent;
         }}
@@ -197,7 +196,7 @@ def nginx_least_conn(upstreams: Sequence[str], *, workdir: Path) -> Iterator[str
         raise RuntimeError("nginx not found: apt-get install -y nginx")
     conf_dir = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))
     port = free_port()
-    servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in upstreams)
+    servers = "\n".join(f"        server {u.removeprefix('http://')} max_fails=0;" for u in upstreams)
     conf = conf_dir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, servers=servers))
     log = conf_dir / "stdout.log"
