@@ -24,7 +24,7 @@ POLL_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 
 async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
     """Read the upstream's health and slots once and record them on ``upstream``."""
-    sent_delta = upstream.delta
+    upstream.poll_sent()
     try:
         health = await http.get(f"{upstream.url}/health", timeout=POLL_TIMEOUT)
         if health.status_code == 503:
@@ -39,9 +39,8 @@ async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
             slots = await http.get(f"{upstream.url}/slots", timeout=POLL_TIMEOUT)
             if slots.status_code == 200:
                 listed: list[dict[str, Any]] = slots.json()
-                upstream.slots_total = len(listed)
-                upstream.polled_busy = sum(1 for slot in listed if slot.get("is_processing"))
-                upstream.delta -= sent_delta
+                busy = sum(1 for slot in listed if slot.get("is_processing"))
+                upstream.polled(busy, len(listed))
             elif slots.status_code in (404, 501):
                 log.info("%s has no /slots endpoint: counting slots locally", upstream.url)
                 upstream.slots_endpoint = False
