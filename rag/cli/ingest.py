@@ -15,6 +15,8 @@ from rag.cli.progress import console
 
 SUFFIXES = {".pdf", ".docx", ".csv", ".txt", ".md", ".markdown", ".text"}
 TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=120.0, pool=5.0)
+POLL_WINDOW = 32
+"""Pending jobs polled per round."""
 
 
 def collect(paths: list[Path]) -> list[Path]:
@@ -67,7 +69,9 @@ def ingest(
             task = bar.add_task("jobs", total=len(jobs), current="")
             pending = dict(jobs)
             while pending and time.monotonic() < deadline:
-                for job_id, filename in list(pending.items()):
+                # the oldest first, a window at a time: workers claim jobs oldest first, so
+                # these finish next, and a large upload does not cost a request per job per round
+                for job_id, filename in list(pending.items())[:POLL_WINDOW]:
                     job = client.get(f"/v1/jobs/{job_id}").json()
                     if job["state"] in ("succeeded", "failed"):
                         del pending[job_id]
