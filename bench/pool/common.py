@@ -196,7 +196,9 @@ def nginx_least_conn(upstreams: Sequence[str], *, workdir: Path) -> Iterator[str
         raise RuntimeError("nginx not found: apt-get install -y nginx")
     conf_dir = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))
     port = free_port()
-    servers = "\n".join(f"        server {u.removeprefix('http://')} max_fails=0;" for u in upstreams)
+    servers = "\n".join(
+        f"        server {u.removeprefix('http://')} max_fails=0;" for u in upstreams
+    )
     conf = conf_dir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, servers=servers))
     log = conf_dir / "stdout.log"
