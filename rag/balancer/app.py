@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
-from rag.balancer.proxy import ProxyApp
+from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
 from rag.balancer.settings import BalancerSettings
 from rag.errors import install_error_handlers
@@ -74,6 +76,15 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
     )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_proxied_paths(get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            ))  # fmt: skip
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

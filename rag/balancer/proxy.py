@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -135,6 +136,35 @@ class ProxyApp:
             await error_response(exc)(scope, receive, send)
         finally:
             watcher.cancel()
+
+
+def document_proxied_paths(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the endpoints ``ProxyApp`` answers to an OpenAPI ``schema`` (they are not FastAPI
+    routes), so that ``/docs`` lists everything the balancer serves."""
+    described = {
+        "post": sorted(GENERATION_PATHS | OTHER_POST_PATHS),
+        "get": sorted(GET_PATHS),
+    }
+    for method, paths in described.items():
+        for path in paths:
+            generation = path in GENERATION_PATHS
+            schema["paths"].setdefault(path, {})[method] = {
+                "tags": ["llama.cpp (proxied)"],
+                "summary": f"Proxied to an upstream llama-server: {method.upper()} {path}",
+                "description": (
+                    "Passed through unchanged, streaming included, to the upstream chosen by "
+                    "the pool's policy"
+                    + (" (it holds a slot until the answer ends)" if generation else "")
+                    + "; failover to another upstream before the first byte. See llama.cpp's "
+                    "server documentation and the OpenAI API for the bodies."
+                ),
+                "responses": {
+                    "200": {"description": "The upstream's answer, unchanged"},
+                    "429": {"description": "Every slot busy and the buffer full"},
+                    "503": {"description": "No upstream can take it (`Retry-After` given)"},
+                },
+            }
+    return schema
 
 
 def _is_sse(response: httpx.Response) -> bool:

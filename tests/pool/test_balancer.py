@@ -204,6 +204,15 @@ async def test_no_upstream_is_503() -> None:
         assert (await http.get(f"{url}/health")).status_code == 503
 
 
+async def test_docs_list_the_proxied_endpoints(balancer: str) -> None:
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        paths = (await http.get(f"{balancer}/openapi.json")).json()["paths"]
+        assert (await http.get(f"{balancer}/docs")).status_code == 200
+    for path in ("/completion", "/v1/chat/completions", "/v1/embeddings", "/tokenize"):
+        assert "post" in paths[path], path
+    assert "get" in paths["/v1/models"] and "get" in paths["/v1/pool"]
+
+
 async def test_openai_client_streaming_and_not(balancer: str) -> None:
     client = openai.AsyncOpenAI(base_url=f"{balancer}/v1", api_key="unused", max_retries=0)
     async with client:
