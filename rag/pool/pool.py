@@ -34,7 +34,7 @@ SLOT_FREE_PATHS = frozenset(
 )  # fmt: skip
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 _BROKEN_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-_RETRYABLE = (*_CONNECT_ERRORS, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_RETRYABLE = (*_CONNECT_ERRORS, *_BROKEN_BEFORE_ANSWER)
 
 
 def needs_slot(path: str) -> bool:
