@@ -33,8 +33,7 @@ SLOT_FREE_PATHS = frozenset(
      "/metrics", "/apply-template"}
 )  # fmt: skip
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
-_BROKEN_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-_RETRYABLE = (*_CONNECT_ERRORS, *_BROKEN_BEFORE_ANSWER)
+_RETRYABLE = (*_CONNECT_ERRORS, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def needs_slot(path: str) -> bool:
@@ -206,7 +205,7 @@ class Pool:
                 request = self.http.build_request(
                     method, upstream.url + path, json=json, content=content, headers=headers
                 )
-                response = await self._send(request)
+                response = await self.http.send(request, stream=True)
                 if response.status_code < 500 and read_body:
                     await response.aread()
             except _RETRYABLE as exc:
@@ -268,20 +267,6 @@ class Pool:
             self._failed(upstream, f"http_{status}", last)
             tried.add(upstream.url)
             self.metrics.failovers.labels(self.name).inc()
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send once more if the connection broke before any answer came.
-
-        llama-server now and then closes a kept-alive connection after a streamed answer while
-        the client is already reusing it (measured: after 5 to 50 streamed requests on one
-        connection; the client sees a reset or a hang-up): the request was never handled, so
-        it goes out again, on a new connection, to the same upstream instead of counting as
-        that upstream's failure."""
-        try:
-            return await self.http.send(request, stream=True)
-        except _BROKEN_BEFORE_ANSWER:
-            log.debug("pool %s: %s hung up before answering; sending again", self.name, request.url)
-            return await self.http.send(request, stream=True)
 
     def _record_timings(self, tokens_per_second: float, tokens: int) -> None:
         self.metrics.tokens_per_second.labels(self.name).observe(tokens_per_second)

@@ -8,8 +8,10 @@ aiohttp sets ``TCP_NODELAY`` on its sockets itself.
 
 aiohttp's exceptions are mapped to the httpx ones the pool acts on: connect failures (fail over
 and quarantine), a server that closes the connection or breaks the stream (fail over before the
-first byte, an error after), timeouts. A response closed before its end closes its connection,
-so llama-server notices and stops generating.
+first byte, an error after), timeouts. A request whose connection breaks before any answer is
+sent once more on a new connection first (llama-server drops kept-alive connections after
+streamed answers now and then). A response closed before its end closes its connection, so
+llama-server notices and stops generating.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import httpx
 
-_TIMEOUTS = (
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
-    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-)
+
+def _message(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -33,20 +33,24 @@ def _mapped(request: httpx.Request) -> Iterator[None]:
     try:
         yield
     except aiohttp.ClientConnectorError as exc:  # refused, unreachable, name not resolved
-        raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
-    except aiohttp.ServerTimeoutError as exc:
-        kind = next(to for frm, to in _TIMEOUTS if isinstance(exc, frm))
-        raise kind(str(exc) or type(exc).__name__, request=request) from exc
+        raise httpx.ConnectError(_message(exc), request=request) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(_message(exc), request=request) from exc
+    except aiohttp.ServerTimeoutError as exc:  # silence longer than the read timeout
+        raise httpx.ReadTimeout(_message(exc), request=request) from exc
     except aiohttp.ClientPayloadError as exc:  # the body broke off
-        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        raise httpx.ReadError(_message(exc), request=request) from exc
     except aiohttp.ServerDisconnectedError as exc:  # closed without (a whole) answer
-        raise httpx.RemoteProtocolError(str(exc) or "server disconnected", request=request) from exc
+        raise httpx.RemoteProtocolError(_message(exc), request=request) from exc
     except aiohttp.ClientConnectionError as exc:  # reset, broken pipe
-        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        raise httpx.ReadError(_message(exc), request=request) from exc
     except aiohttp.ClientError as exc:  # an answer that is not HTTP
-        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
+        raise httpx.RemoteProtocolError(_message(exc), request=request) from exc
     except TimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
+        raise httpx.ReadTimeout(_message(exc), request=request) from exc
+
+
+_BROKEN_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Body(httpx.AsyncByteStream):
@@ -82,14 +86,38 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeout = request.extensions.get("timeout", {})
         try:
             data: bytes | httpx.AsyncByteStream | None = request.content or None
         except httpx.RequestNotRead:
             assert isinstance(request.stream, httpx.AsyncByteStream)
             data = request.stream
+        try:
+            response = await self._send(request, data)
+        except _BROKEN_BEFORE_ANSWER:
+            # llama-server now and then closes a kept-alive connection after a streamed answer
+            # while the client is already reusing it (seen after 5 to 50 streamed requests on
+            # one connection: a hang-up or a reset). The request was never handled: send it once
+            # more, on a new connection, unless its body was a stream that cannot be replayed.
+            if isinstance(data, httpx.AsyncByteStream):
+                raise
+            response = await self._send(request, data)
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_Body(response, request),
+            request=request,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode(),
+            },
+        )
+
+    async def _send(
+        self, request: httpx.Request, data: bytes | httpx.AsyncByteStream | None
+    ) -> aiohttp.ClientResponse:
+        timeout = request.extensions.get("timeout", {})
         with _mapped(request):
-            response = await self._client().request(
+            return await self._client().request(
                 request.method,
                 str(request.url),
                 headers=request.headers.multi_items(),
@@ -103,16 +131,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_read=timeout.get("read"),
                 ),
             )
-        return httpx.Response(
-            response.status,
-            headers=response.raw_headers,
-            stream=_Body(response, request),
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode(),
-            },
-        )
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -151,6 +151,7 @@ async def test_hang_up_before_answering_is_a_protocol_error(
 ) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         await http.post(f"{server.url}/hang-up", content=b"{}")
+    assert server.requests == ["/hang-up", "/hang-up"]  # sent once more on a new connection
 
 
 async def test_body_cut_short_is_a_read_error(
@@ -204,7 +205,7 @@ async def test_stream_fails_over_when_the_upstream_hangs_up_before_the_first_byt
         body = {"prompt": "Hello", "n_predict": 4, "stream": True}
         async with pool.stream("POST", "/completion", json=body) as response:
             events = [line async for line in response.aiter_lines() if line.startswith("data:")]
-        # tried first, hung up twice (the pool sends once more on a new connection first)
+        # tried first, hung up twice (the transport sends once more on a new connection first)
         assert server.requests.count("/completion") == 2
         assert json.loads(events[-1][5:])["stop"] is True
         assert pool.metrics.failovers.labels("t")._value.get() == 1
@@ -222,7 +223,8 @@ async def test_streamed_requests_in_a_row_survive_the_servers_hang_ups(
     upstreams: list[str], pool_http: httpx.AsyncClient
 ) -> None:
     """llama-server closes a kept-alive connection after a streamed answer now and then (seen
-    after 5 to 50 such requests); the pool sends the next request again instead of failing."""
+    after 5 to 50 such requests); the transport sends the next request again instead of
+    failing, so the pool never fails over."""
     pool = Pool("t", pool_http, poll_interval=0.2)
     pool.add_upstream(upstreams[0])
     await pool.start()
