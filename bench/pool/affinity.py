@@ -24,14 +24,13 @@ from typing import Any
 from bench.pool.common import (
     Sample,
     balancer,
-    bar_plot,
     closed_loop,
     llama_servers,
     machine,
+    publish,
     stop_on_sigterm,
     summary,
     workdir,
-    write_results,
 )
 
 SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact" / "corpus.jsonl"
@@ -146,45 +145,35 @@ def main() -> None:
             f" --sets {args.sets} --questions {args.questions} --clients {args.clients}"
             f" --repeats {args.repeats}"
         )
-    markdown = "\n".join(
-        [
-            "# Pool benchmark: prefix affinity on a RAG-like load",
-            "",
-            f"Command: `{command}`",
-            "",
-            f"Two llama-servers (SmolLM2-135M, -np 2 -c 4096, -t 1) behind `rag balancer` "
-            f"(slots policy). {args.sets} source sets x {args.questions} questions, "
-            f"{args.clients} closed-loop clients, streamed /completion, 4 tokens each; "
-            f"{args.repeats} alternating rounds per variant, each with its own salt. TTFT in "
-            "seconds; cached = prompt tokens llama.cpp re-used (`timings.cache_n`).",
-            "",
-            "| variant | mean TTFT | p50 TTFT | p99 TTFT | cached / prompt tokens | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
-            "",
-            f"Ratios with / without affinity: mean TTFT {ratios['ttft_mean']:.2f}, p50 "
-            f"{ratios['ttft_p50']:.2f}, p99 {ratios['ttft_p99']:.2f}; cached prompt tokens "
-            f"{ratios['cached_tokens']:.2f}x.",
-            "",
-            "Goal: affinity improves time to first token: "
-            f"**{'met' if result['goal_affinity_improves_ttft'] else 'missed'}**.",
-            "",
-            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
-            f"{env['date_utc']}.",
-            "",
-        ]
-    )
-    paths = write_results("pool-affinity", result, markdown)
-    plot = bar_plot(
-        "pool-affinity",
-        "Prefix affinity: with / without",
-        {"mean TTFT": {"with/without": ratios["ttft_mean"]},
-         "p99 TTFT": {"with/without": ratios["ttft_p99"]},
-         "cached tokens": {"with/without": ratios["cached_tokens"]}},
-        "ratio with / without",
-    )  # fmt: skip
-    print(markdown)
-    print("wrote", *paths, plot or "(no plot)")
+    lines = [
+        "# Pool benchmark: prefix affinity on a RAG-like load",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Two llama-servers (SmolLM2-135M, -np 2 -c 4096, -t 1) behind `rag balancer` "
+        f"(slots policy). {args.sets} source sets x {args.questions} questions, "
+        f"{args.clients} closed-loop clients, streamed /completion, 4 tokens each; "
+        f"{args.repeats} alternating rounds per variant, each with its own salt. TTFT in "
+        "seconds; cached = prompt tokens llama.cpp re-used (`timings.cache_n`).",
+        "",
+        "| variant | mean TTFT | p50 TTFT | p99 TTFT | cached / prompt tokens | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        f"Ratios with / without affinity: mean TTFT {ratios['ttft_mean']:.2f}, p50 "
+        f"{ratios['ttft_p50']:.2f}, p99 {ratios['ttft_p99']:.2f}; cached prompt tokens "
+        f"{ratios['cached_tokens']:.2f}x.",
+        "",
+        "Goal: affinity improves time to first token: "
+        f"**{'met' if result['goal_affinity_improves_ttft'] else 'missed'}**.",
+    ]
+    groups = {
+        "mean TTFT": {"with/without": ratios["ttft_mean"]},
+        "p99 TTFT": {"with/without": ratios["ttft_p99"]},
+        "cached tokens": {"with/without": ratios["cached_tokens"]},
+    }
+    publish("pool-affinity", result, lines, env=env, title="Prefix affinity: with / without",
+            groups=groups, ylabel="ratio with / without")  # fmt: skip
 
 
 if __name__ == "__main__":

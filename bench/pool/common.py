@@ -90,6 +90,16 @@ def _wait_ready(url: str, path: str, process: subprocess.Popen[bytes], log: Path
     raise RuntimeError(f"{url} not ready after 180 s; see {log}")
 
 
+@contextlib.contextmanager
+def _serving(proc: Proc) -> Iterator[str]:
+    """``proc``'s URL once its /health answers 200; the process is stopped on the way out."""
+    try:
+        _wait_ready(proc.url, "/health", proc.process, proc.log)
+        yield proc.url
+    finally:
+        _stop([proc])
+
+
 def _stop(procs: Sequence[Proc]) -> None:
     for proc in procs:
         if proc.process.poll() is None:
@@ -146,12 +156,8 @@ def balancer(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=environment, preexec_fn=die_with_parent,
         )  # fmt: skip
-    proc = Proc(f"http://127.0.0.1:{port}", process, log)
-    try:
-        _wait_ready(proc.url, "/health", process, log)
-        yield proc.url
-    finally:
-        _stop([proc])
+    with _serving(Proc(f"http://127.0.0.1:{port}", process, log)) as url:
+        yield url
 
 
 NGINX_CONF = """
@@ -209,12 +215,8 @@ def nginx_least_conn(upstreams: Sequence[str], *, workdir: Path) -> Iterator[str
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
-    proc = Proc(f"http://127.0.0.1:{port}", process, log)
-    try:
-        _wait_ready(proc.url, "/health", process, log)
-        yield proc.url
-    finally:
-        _stop([proc])
+    with _serving(Proc(f"http://127.0.0.1:{port}", process, log)) as url:
+        yield url
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -281,6 +283,32 @@ def samples_dict(samples: Sequence[Sample]) -> list[dict[str, Any]]:
 
 
 # --- results ------------------------------------------------------------------------------------
+
+
+def publish(
+    name: str,
+    result: dict[str, Any],
+    lines: list[str],
+    *,
+    env: dict[str, Any],
+    title: str,
+    groups: dict[str, dict[str, float]],
+    ylabel: str,
+) -> None:
+    """Write ``name``.json, .md (``lines`` and the machine they ran on) and .png, and print."""
+    markdown = "\n".join(
+        [
+            *lines,
+            "",
+            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
+            f"{env['date_utc']}.",
+            "",
+        ]
+    )
+    paths = write_results(name, result, markdown)
+    plot = bar_plot(name, title, groups, ylabel)
+    print(markdown)
+    print("wrote", *paths, plot or "(no plot)")
 
 
 def write_results(name: str, result: dict[str, Any], markdown: str) -> list[Path]:

@@ -21,14 +21,13 @@ import httpx
 from bench.pool.common import (
     TIMEOUT,
     balancer,
-    bar_plot,
     llama_servers,
     machine,
     nginx_least_conn,
+    publish,
     stop_on_sigterm,
     summary,
     workdir,
-    write_results,
 )
 
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -95,35 +94,27 @@ def main() -> None:
         result[request] = entry
     goal = result["completion_1_token"]["balancer_added_ms"]["p50"]
     result["goal_added_p50_under_2ms"] = goal < 2.0
-    markdown = "\n".join(
-        [
-            "# Pool benchmark: added latency of the balancer",
-            "",
-            "Command: `.venv/bin/python -m bench.pool.latency"
-            + (f" --rounds {args.rounds}`" if args.rounds != 200 else "`"),
-            "",
-            f"One llama-server (SmolLM2-135M, -np 2, -t 1); {args.rounds} rounds, each request "
-            "sent "
-            "directly, through `rag balancer` and through nginx (least_conn, keepalive) in a "
-            "rotating order, one at a time. Times in ms; ratio = proxied / direct, same run.",
-            "",
-            "| request | via | direct p50 | via p50 | added p50 | ratio p50 | direct p99 | via p99 "
-            "| added p99 | ratio p99 |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
-            "",
-            f"Goal: added p50 under 2 ms on the slot path: **{'met' if goal < 2 else 'missed'}** "
-            f"({goal:+.2f} ms).",
-            "",
-            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
-            f"{env['date_utc']}.",
-            "",
-        ]
-    )
-    paths = write_results("pool-latency", result, markdown)
-    plot = bar_plot("pool-latency", "Latency through a proxy / direct", ratios, "ratio to direct")
-    print(markdown)
-    print("wrote", *paths, plot or "(no plot)")
+    lines = [
+        "# Pool benchmark: added latency of the balancer",
+        "",
+        "Command: `.venv/bin/python -m bench.pool.latency"
+        + (f" --rounds {args.rounds}`" if args.rounds != 200 else "`"),
+        "",
+        f"One llama-server (SmolLM2-135M, -np 2, -t 1); {args.rounds} rounds, each request "
+        "sent "
+        "directly, through `rag balancer` and through nginx (least_conn, keepalive) in a "
+        "rotating order, one at a time. Times in ms; ratio = proxied / direct, same run.",
+        "",
+        "| request | via | direct p50 | via p50 | added p50 | ratio p50 | direct p99 | via p99 "
+        "| added p99 | ratio p99 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        f"Goal: added p50 under 2 ms on the slot path: **{'met' if goal < 2 else 'missed'}** "
+        f"({goal:+.2f} ms).",
+    ]
+    publish("pool-latency", result, lines, env=env, title="Latency through a proxy / direct",
+            groups=ratios, ylabel="ratio to direct")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,15 +26,14 @@ from typing import Any
 from bench.pool.common import (
     Sample,
     balancer,
-    bar_plot,
     closed_loop,
     llama_servers,
     machine,
     nginx_least_conn,
+    publish,
     stop_on_sigterm,
     summary,
     workdir,
-    write_results,
 )
 
 SHORT_TOKENS = 4
@@ -149,39 +148,31 @@ def main() -> None:
     command = ".venv/bin/python -m bench.pool.policies"
     if (args.clients, args.requests, args.repeats) != (6, 8, 2):
         command += f" --clients {args.clients} --requests {args.requests} --repeats {args.repeats}"
-    markdown = "\n".join(
-        [
-            "# Pool benchmark: slot-aware vs round-robin vs nginx least_conn",
-            "",
-            f"Command: `{command}`",
-            "",
-            f"Two llama-servers (SmolLM2-135M, -np 2, -t 1; 4 slots). {args.clients} closed-loop "
-            f"clients x {args.requests} streamed /completion requests (1 in 4 long: "
-            f"{LONG_TOKENS} tokens, else {SHORT_TOKENS}), the same seeded sequence for every "
-            f"variant, {args.repeats} alternating rounds per variant. TTFT in seconds; "
-            "ratios against nginx least_conn from the same run (below 1 is better for TTFT, "
-            "above 1 for throughput).",
-            "",
-            "| variant | mean TTFT | ratio | p99 TTFT | ratio | p99 TTFT short | ratio "
-            "| tokens/s | ratio | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            *rows,
-            "",
-            "Goals (slots policy): mean TTFT no worse than least_conn: "
-            f"**{'met' if result['goals']['mean_ttft_no_worse_than_least_conn'] else 'missed'}**"
-            f" ({slots['ttft_mean']:.2f}); p99 TTFT better: "
-            f"**{'met' if result['goals']['p99_ttft_better_than_least_conn'] else 'missed'}** "
-            f"({slots['ttft_p99']:.2f}).",
-            "",
-            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
-            f"{env['date_utc']}.",
-            "",
-        ]
-    )
-    paths = write_results("pool-policies", result, markdown)
-    plot = bar_plot("pool-policies", "Policies / nginx least_conn", ratios, "ratio to least_conn")
-    print(markdown)
-    print("wrote", *paths, plot or "(no plot)")
+    lines = [
+        "# Pool benchmark: slot-aware vs round-robin vs nginx least_conn",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Two llama-servers (SmolLM2-135M, -np 2, -t 1; 4 slots). {args.clients} closed-loop "
+        f"clients x {args.requests} streamed /completion requests (1 in 4 long: "
+        f"{LONG_TOKENS} tokens, else {SHORT_TOKENS}), the same seeded sequence for every "
+        f"variant, {args.repeats} alternating rounds per variant. TTFT in seconds; "
+        "ratios against nginx least_conn from the same run (below 1 is better for TTFT, "
+        "above 1 for throughput).",
+        "",
+        "| variant | mean TTFT | ratio | p99 TTFT | ratio | p99 TTFT short | ratio "
+        "| tokens/s | ratio | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        "Goals (slots policy): mean TTFT no worse than least_conn: "
+        f"**{'met' if result['goals']['mean_ttft_no_worse_than_least_conn'] else 'missed'}**"
+        f" ({slots['ttft_mean']:.2f}); p99 TTFT better: "
+        f"**{'met' if result['goals']['p99_ttft_better_than_least_conn'] else 'missed'}** "
+        f"({slots['ttft_p99']:.2f}).",
+    ]
+    publish("pool-policies", result, lines, env=env, title="Policies / nginx least_conn",
+            groups=ratios, ylabel="ratio to least_conn")  # fmt: skip
 
 
 if __name__ == "__main__":
