@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rag.runtime.build import sha256_of
+
 CORPUS = "corpus.jsonl"
 QUERIES = "queries.jsonl"
 QRELS_DIR = "qrels"
@@ -112,17 +114,10 @@ def load_dataset(path: Path, split: str = "test") -> Dataset:
             f"(first: {missing[0]!r})"
         )
     queries = {qid: text for qid, text in all_queries.items() if qid in qrels}
-    files = {str(p.relative_to(path)): _sha256(p) for p in (corpus_path, queries_path, qrels_path)}
+    sources = (corpus_path, queries_path, qrels_path)
+    files = {str(p.relative_to(path)): sha256_of(p) for p in sources}
     return Dataset(path.resolve().name, path.resolve(), split, corpus, queries, qrels, files,
                    warnings)  # fmt: skip
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

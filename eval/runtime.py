@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import httpx
 
 from rag.pool import Pool
 from rag.pool.client import pool_client
+from rag.runtime.build import sha256_of
 from rag.runtime.children import embedding_args
 from rag.runtime.prepare import prepare_runtime
 from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
@@ -42,14 +42,6 @@ class EmbeddingService:
     model: dict[str, Any]
     """Identity of the served model: ``name``, ``path``, ``sha256`` (local files) or ``props``."""
     urls: list[str]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +88,7 @@ async def embedding_service(
                     f"the embedding llama-server did not start; see {settings.logs_dir}"
                 )
             urls = [spec.url for spec in specs]
-            sha = await asyncio.to_thread(file_sha256, model_path)
+            sha = await asyncio.to_thread(sha256_of, model_path)
             model = {"name": model_path.name, "path": str(model_path), "sha256": sha}
         for url in urls:
             pool.add_upstream(url)

@@ -202,8 +202,6 @@ def _build(source: Path, build_dir: Path, log_path: Path, progress: Progress) ->
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, read in blocks."""
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
