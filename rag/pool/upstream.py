@@ -31,8 +31,7 @@ class Upstream:
     url: str
     state: UpstreamState = UpstreamState.UNKNOWN
     slots_total: int = 0
-    polled_busy: int = 0  # busy slots in the last /slots answer
-    foreign: int = 0  # of those, the ones not held by this pool's requests
+    foreign: int = 0  # busy slots in the last /slots answer not held by this pool's requests
     in_flight: int = 0  # slot-taking requests of this pool on this upstream now
     held_since_poll: int = 0  # most slots this pool held here since the current poll was sent
     requests: int = 0  # all requests of this pool on this upstream now (slot-taking or not)
@@ -80,7 +79,6 @@ class Upstream:
         at a moment when this pool held between its current and its highest count since the
         poll was sent; the rest is foreign load (counted low rather than high)."""
         self.slots_total = total
-        self.polled_busy = busy
         self.foreign = max(0, busy - self.held_since_poll)
 
     def status(self, now: float) -> dict[str, Any]:
