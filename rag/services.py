@@ -83,6 +83,7 @@ def _pool(name: str, settings: Settings, http: httpx.AsyncClient, metrics: Metri
         poll_interval=settings.pool_poll_interval,
         buffer_size=settings.pool_buffer_size,
         buffer_timeout=settings.pool_buffer_timeout,
+        handoff_tokens=settings.pool_handoff_tokens,
         metrics=metrics.pool,
     )
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.pool.policy import Policy
+
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "rag"
 DEFAULT_DATA_DIR = Path(".rag-data")
 LLAMA_CPP_VERSION = "11434.0.0"
@@ -101,8 +103,10 @@ class Settings(BaseSettings):
     qdrant_timeout: float = Field(10.0, gt=0, description="Timeout of Qdrant calls in seconds.")
 
     # --- pools of llama.cpp servers --------------------------------------------------------
-    pool_policy: Literal["slots", "round_robin", "least_requests"] = Field(
-        "slots", description="How the pools choose an upstream (prefix affinity on top of it)."
+    pool_policy: Policy = Field(
+        "slots",
+        description="How the pools choose an upstream: slots, round-robin or least-requests "
+        "(prefix affinity on top of it).",
     )
     pool_poll_interval: float = Field(0.5, gt=0, description="Seconds between /slots polls.")
     pool_buffer_size: int = Field(
@@ -110,6 +114,12 @@ class Settings(BaseSettings):
     )
     pool_buffer_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a slot before 503."
+    )
+    pool_handoff_tokens: int = Field(
+        2,
+        ge=0,
+        description="Send the oldest waiting request ahead to an upstream when one of its "
+        "streamed generations is this many tokens from its limit (0: off).",
     )
 
     # --- uploads and ingestion jobs ------------------------------------------------------------

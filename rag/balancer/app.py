@@ -45,6 +45,7 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
                 metrics=metrics,
                 affinity=settings.affinity,
                 affinity_slack=settings.affinity_slack,
+                handoff_tokens=settings.handoff_tokens,
             )
             for url in settings.upstreams:
                 pool.add_upstream(url)

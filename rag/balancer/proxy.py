@@ -1,7 +1,8 @@
 """The proxying part of the balancer as a plain ASGI app: the hot path, kept lean.
 
 ``ProxyApp`` answers the llama-server / OpenAI endpoints itself (every other request goes on to
-the FastAPI app): it reads the body, derives the prefix-affinity keys, opens the answer through
+the FastAPI app): it reads the body, derives the prefix-affinity keys and the token budget (for
+the pool's early handoff), opens the answer through
 ``Pool.stream`` (which fails over before the first byte) and passes it on byte for byte. One
 watcher task per request listens for the client's disconnect and cancels the request at once,
 whether it is waiting for a slot, waiting for the upstream or streaming: ``Pool.stream`` then
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.errors import RagError, error_response
 from rag.pool import Pool, UpstreamRejected
+from rag.pool.budget import token_budget
 from rag.pool.prefix import request_prefix
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,19 @@ class ProxyApp:
         body = await _read_body(receive)
         path: str = scope["path"]
         prefix: tuple[str, ...] = ()
-        if self.affinity and body and path in GENERATION_PATHS:
+        budget = None
+        if body and path in GENERATION_PATHS:
             try:
-                prefix = request_prefix(path, json.loads(body), block=self.block)
+                parsed = json.loads(body)
             except ValueError:
-                prefix = ()
+                parsed = None  # llama-server answers it with its own 4xx
+            budget = token_budget(parsed)
+            if self.affinity:
+                prefix = request_prefix(path, parsed, block=self.block)
         query = scope.get("query_string", b"")
         target = f"{path}?{query.decode('latin-1')}" if query else path
         headers = httpx.Headers([(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP])
-        await self._forward(pool, scope, receive, send, target, body, headers, prefix)
+        await self._forward(pool, scope, receive, send, target, body, headers, prefix, budget)
 
     async def _forward(
         self,
@@ -83,6 +89,7 @@ class ProxyApp:
         body: bytes,
         headers: httpx.Headers,
         prefix: tuple[str, ...],
+        budget: int | None,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -100,8 +107,9 @@ class ProxyApp:
         started = False
         try:
             async with pool.stream(
-                scope["method"], target, content=body or None, headers=headers, prefix_key=prefix
-            ) as upstream:
+                scope["method"], target, content=body or None, headers=headers,
+                prefix_key=prefix, budget=budget,
+            ) as upstream:  # fmt: skip
                 headers_out = [
                     (k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP
                 ]

@@ -36,6 +36,12 @@ class BalancerSettings(BaseSettings):
     affinity_block_chars: int = Field(
         256, ge=16, description="Granularity in characters of the prompt prefixes compared."
     )
+    handoff_tokens: int = Field(
+        2,
+        ge=0,
+        description="Send the oldest waiting request ahead to an upstream when one of its "
+        "streamed generations is this many tokens from its limit (0: off).",
+    )
     poll_interval: float = Field(0.5, gt=0, description="Seconds between polls of an upstream.")
     buffer_size: int = Field(64, ge=0, description="Requests that may wait for a free slot.")
     buffer_timeout: float = Field(

@@ -34,6 +34,11 @@ class PoolMetrics:
             "rag_pool_buffer_wait_seconds", "Time requests waited in the buffer.", ["pool"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.handoffs = Counter(
+            "rag_pool_early_handoffs",
+            "Waiting requests sent ahead to an upstream whose generation was about to end.",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.rejected = Counter(
             "rag_pool_rejected", "Requests refused: buffer full (429) or waited too long (503).",
             ["pool", "reason"], registry=r,

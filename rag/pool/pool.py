@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -18,12 +19,13 @@ from typing import Any
 import httpx
 
 from rag.errors import NotFound, UpstreamFailed, UpstreamUnavailable
+from rag.pool.budget import token_budget
 from rag.pool.errors import UpstreamRejected
 from rag.pool.metrics import PoolMetrics
 from rag.pool.policy import check_policy
 from rag.pool.poller import run_poller
 from rag.pool.proxy import generation_timings, observe
-from rag.pool.scheduler import Scheduler
+from rag.pool.scheduler import Lease, Scheduler
 from rag.pool.upstream import Upstream, UpstreamState
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Pool:
         metrics: PoolMetrics | None = None,
         affinity: bool = True,
         affinity_slack: int = 1,
+        handoff_tokens: int = 2,
     ) -> None:
         self.name = name
         self.http = http
@@ -77,6 +80,7 @@ class Pool:
             metrics=self.metrics,
             affinity=affinity,
             affinity_slack=affinity_slack,
+            handoff_tokens=handoff_tokens,
         )
         self._upstreams = self.scheduler.upstreams
         self._pollers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
@@ -188,17 +192,21 @@ class Pool:
         content: bytes | None,
         headers: Mapping[str, str] | None,
         prefix_key: str | Sequence[str] | None,
+        budget: int | None,
         read_body: bool,
-    ) -> tuple[Upstream, httpx.Response, bool]:
+    ) -> tuple[Lease, httpx.Response]:
         """Send the request, failing over until an upstream answers below 500."""
         slot = needs_slot(path)
         prefix = _prefix(prefix_key)
+        if budget is None:
+            budget = token_budget(json)
         tried: set[str] = set()
         last: str = "no upstream answered"
         while True:
             if tried and tried.issuperset(self._upstreams):
                 raise UpstreamFailed(f"every upstream of pool {self.name} failed: {last}")
-            upstream = await self.scheduler.acquire(slot, prefix, frozenset(tried))
+            lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget)
+            upstream = lease.upstream
             started = time.perf_counter()
             response: httpx.Response | None = None
             try:
@@ -211,7 +219,7 @@ class Pool:
             except _RETRYABLE as exc:
                 if response is not None:
                     await response.aclose()
-                self.scheduler.release(upstream, slot)
+                self.scheduler.release(lease)
                 last = f"{type(exc).__name__} from {upstream.url}"
                 if isinstance(exc, _CONNECT_ERRORS):
                     upstream.quarantined_until = time.monotonic() + self.quarantine
@@ -222,7 +230,7 @@ class Pool:
             except httpx.TimeoutException as exc:
                 if response is not None:
                     await response.aclose()
-                self.scheduler.release(upstream, slot)
+                self.scheduler.release(lease)
                 self._failed(upstream, type(exc).__name__, f"{type(exc).__name__}")
                 raise UpstreamUnavailable(
                     f"upstream {upstream.url} timed out", retry_after=self.quarantine
@@ -230,7 +238,7 @@ class Pool:
             except httpx.HTTPError as exc:
                 if response is not None:
                     await response.aclose()
-                self.scheduler.release(upstream, slot)
+                self.scheduler.release(lease)
                 self._failed(upstream, type(exc).__name__, f"{type(exc).__name__}")
                 raise UpstreamFailed(
                     f"request to an upstream failed: {type(exc).__name__}"
@@ -238,7 +246,7 @@ class Pool:
             except BaseException:
                 if response is not None:
                     await response.aclose()
-                self.scheduler.release(upstream, slot)
+                self.scheduler.release(lease)
                 raise
             status = response.status_code
             self.metrics.requests.labels(self.name, upstream.url, str(status)).inc()
@@ -250,15 +258,20 @@ class Pool:
                         started=started,
                         on_first_chunk=self.metrics.ttft.labels(self.name).observe if sse else None,
                         on_timings=self._record_timings,
+                        on_events=(
+                            functools.partial(self.scheduler.progress, lease)
+                            if sse and lease.budget is not None
+                            else None
+                        ),
                     )
-                return upstream, response, slot
+                return lease, response
             try:
                 body = await response.aread()
             except httpx.HTTPError:
                 body = b""
             finally:
                 await response.aclose()
-                self.scheduler.release(upstream, slot)
+                self.scheduler.release(lease)
             if status < 500 or status == 501:  # the request itself is wrong, or not supported
                 raise UpstreamRejected(status, body, response.headers.get("content-type"))
             last = f"HTTP {status} from {upstream.url}"
@@ -281,11 +294,12 @@ class Pool:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         prefix_key: str | Sequence[str] | None = None,
+        budget: int | None = None,
     ) -> httpx.Response:
         """Send a request and return the whole answer (status below 400)."""
-        upstream, response, slot = await self._open(
+        lease, response = await self._open(
             method, path, json=json, content=content, headers=headers,
-            prefix_key=prefix_key, read_body=True,
+            prefix_key=prefix_key, budget=budget, read_body=True,
         )  # fmt: skip
         try:
             await response.aclose()
@@ -295,7 +309,7 @@ class Pool:
                 if found is not None:
                     self._record_timings(*found)
         finally:
-            self.scheduler.release(upstream, slot)
+            self.scheduler.release(lease)
         return response
 
     @contextlib.asynccontextmanager
@@ -308,19 +322,26 @@ class Pool:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         prefix_key: str | Sequence[str] | None = None,
+        budget: int | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        """An opened upstream response (status below 400) whose body the caller reads."""
-        upstream, response, slot = await self._open(
+        """An opened upstream response (status below 400) whose body the caller reads.
+
+        ``budget``: the most tokens the request may generate, when ``json`` does not say it
+        (``n_predict``, ``max_tokens``); it lets the pool see the slot about to free.
+        """
+        lease, response = await self._open(
             method, path, json=json, content=content, headers=headers,
-            prefix_key=prefix_key, read_body=False,
+            prefix_key=prefix_key, budget=budget, read_body=False,
         )  # fmt: skip
         try:
             yield response
         except httpx.TransportError as exc:
-            self._failed(upstream, type(exc).__name__, f"{type(exc).__name__} while streaming")
+            self._failed(
+                lease.upstream, type(exc).__name__, f"{type(exc).__name__} while streaming"
+            )
             raise UpstreamFailed(f"the upstream stream broke off: {type(exc).__name__}") from exc
         finally:
             try:
                 await response.aclose()
             finally:
-                self.scheduler.release(upstream, slot)
+                self.scheduler.release(lease)

@@ -1,9 +1,10 @@
 """Passing an upstream answer through unchanged, and watching it go by.
 
 ``ObservedStream`` wraps the byte stream of an upstream response: it records the time to the first
-chunk and, from the tail of the answer, the generation speed that llama.cpp reports in its
-``timings`` object, without parsing or changing a byte. ``forward_headers`` and
-``response_headers`` drop the hop-by-hop headers that must not cross a proxy.
+chunk, the events streamed (for the scheduler's early handoff) and, from the tail of the answer,
+the generation speed that llama.cpp reports in its ``timings`` object, without changing a byte.
+``forward_headers`` and ``response_headers`` drop the hop-by-hop headers that must not cross a
+proxy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
+
+from rag.pool.budget import stream_events
 
 _HOP_BY_HOP = frozenset(
     {
@@ -66,8 +69,10 @@ class ObservedStream(httpx.AsyncByteStream):
         started: float,
         on_first_chunk: Callable[[float], None] | None,
         on_timings: Callable[[float, int], None],
+        on_events: Callable[[int], None] | None = None,
     ) -> None:
         self._inner = inner
+        self._on_events = on_events
         self._started = started
         self._on_first_chunk = on_first_chunk
         self._on_timings = on_timings
@@ -81,6 +86,8 @@ class ObservedStream(httpx.AsyncByteStream):
                 if self._on_first_chunk is not None:
                     self._on_first_chunk(time.perf_counter() - self._started)
             self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+            if self._on_events is not None:
+                self._on_events(stream_events(chunk))
             yield chunk
         timings = generation_timings(self._tail)
         if timings is not None:
@@ -96,10 +103,12 @@ def observe(
     started: float,
     on_first_chunk: Callable[[float], None] | None,
     on_timings: Callable[[float, int], None],
+    on_events: Callable[[int], None] | None = None,
 ) -> None:
-    """Make ``response`` report its first chunk and timings as it is read."""
+    """Make ``response`` report its first chunk, its events and timings as it is read."""
     inner = response.stream
     if isinstance(inner, httpx.AsyncByteStream):
         response.stream = ObservedStream(
-            inner, started=started, on_first_chunk=on_first_chunk, on_timings=on_timings
-        )
+            inner, started=started, on_first_chunk=on_first_chunk, on_timings=on_timings,
+            on_events=on_events,
+        )  # fmt: skip

@@ -141,3 +141,32 @@ async def _busy_at_least(http: httpx.AsyncClient, url: str, n: int) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return await busy_slots(http, url) >= n
     return False
+
+
+async def test_a_waiting_request_is_sent_ahead_as_a_generation_nears_its_end(
+    upstreams: list[str], pool_http: httpx.AsyncClient
+) -> None:
+    """Early handoff on a real server: with both slots held by streams, the buffered request is
+    sent to llama-server while they still run (it waits in the server's own queue) and is
+    served there once a slot frees."""
+    pool = await healthy_pool(pool_http, upstreams[:1], poll_interval=3.0, handoff_tokens=2)
+    body = {"prompt": "Count: one, two,", "n_predict": 32, "ignore_eos": True, "stream": True}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(pool.stream("POST", "/completion", json=body))
+            await stack.enter_async_context(pool.stream("POST", "/completion", json=body))
+            waiting = asyncio.create_task(pool.request("POST", "/completion", json=SHORT))
+            assert await wait_for(lambda: pool.status()["buffered"] == 1)
+            most_in_flight = 0
+            async for _ in first.aiter_raw():
+                entry = pool.status()["upstreams"][0]
+                most_in_flight = max(most_in_flight, entry["requests_in_flight"])
+            # both streams were still open when the third request went to the server
+            assert most_in_flight == 3
+            assert pool.metrics.handoffs.labels("test")._value.get() == 1
+        answer = await asyncio.wait_for(waiting, 60)
+        assert answer.status_code == 200
+        assert answer.json()["tokens_predicted"] == SHORT["n_predict"]
+    finally:
+        await pool.stop()
+    assert await wait_for(lambda: _idle(pool_http, upstreams[0]), within=10)

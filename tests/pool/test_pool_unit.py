@@ -16,7 +16,9 @@ import pytest
 from rag.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
 from rag.pool import Pool, UpstreamRejected
 from rag.pool.membership import follow_supervisor
+from rag.pool.policy import POLICIES
 from rag.runtime.supervisor import ChildSpec, ChildState, Supervisor
+from rag.settings import Settings
 
 
 class FakeLlama:
@@ -252,3 +254,11 @@ async def _eventually(predicate: Callable[[], bool]) -> bool:
             return True
         await asyncio.sleep(0.01)
     return predicate()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_every_policy_the_settings_accept_starts_a_pool(policy: str) -> None:
+    settings = Settings(pool_policy=policy)  # type: ignore[arg-type]
+    async with httpx.AsyncClient() as http:
+        pool = Pool("test", http, policy=settings.pool_policy)
+    assert pool.policy == policy
