@@ -7,8 +7,9 @@ Two llama-servers (SmolLM2-135M, ``-np 2``: four slots in all). ``--clients`` cl
 (more than there are slots, so requests must wait somewhere) each send ``--requests`` streamed
 ``/completion`` requests; a quarter are long (48 tokens), the rest short (4 tokens), in a fixed
 seeded order that every variant gets identically. Variants: ``rag balancer`` with the ``slots``
-policy, ``rag balancer --policy round-robin``, and Debian's nginx with ``least_conn``, run in
-turn (A B C, then C B A, ...) against the same servers. Figures: mean and p99 time to first
+policy (with early handoff, its default, and without), ``rag balancer --policy round-robin``, and
+Debian's nginx with ``least_conn``, run in turn (A B C D, then D C B A, ...) against the same
+servers. Figures: mean and p99 time to first
 token, and total throughput, each as a ratio to nginx ``least_conn`` from the same run.
 Results: docs/benchmarks/pool-policies.{json,md,png}.
 """
@@ -64,6 +65,9 @@ def workloads(clients: int, requests: int, seed: int = 7) -> list[list[dict[str,
 Variant = Callable[[list[str], Path], AbstractContextManager[str]]
 VARIANTS: dict[str, Variant] = {
     "slots (rag balancer)": lambda ups, tmp: balancer(ups, workdir=tmp, policy="slots"),
+    "slots, no handoff (rag balancer)": lambda ups, tmp: balancer(
+        ups, workdir=tmp, policy="slots", handoff_tokens="0"
+    ),
     "round-robin (rag balancer)": lambda ups, tmp: balancer(ups, workdir=tmp, policy="round-robin"),
     "least_conn (nginx)": lambda ups, tmp: nginx_least_conn(ups, workdir=tmp),
 }
