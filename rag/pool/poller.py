@@ -1,5 +1,8 @@
 """The poller: one asyncio task per upstream that reads ``/health``, ``/slots`` and ``/props``.
 
+``/health`` and ``/props`` are read when an upstream is new or comes back; after that one
+``/slots`` request per round tells both its health and its busy slots.
+
 Every ``interval`` seconds (or at once when woken, e.g. after a failed request) it updates the
 upstream's state and slot counts, then calls ``on_change()`` so that waiting requests are
 dispatched. Every call has its own short timeout.
@@ -26,31 +29,37 @@ async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
     """Read the upstream's health and slots once and record them on ``upstream``."""
     upstream.poll_sent()
     try:
+        state, error = await _poll(http, upstream)
+    except (httpx.HTTPError, ValueError) as exc:
+        state, error = UpstreamState.UNREACHABLE, f"poll failed: {type(exc).__name__}"
+    _set_state(upstream, state, error)
+
+
+async def _poll(http: httpx.AsyncClient, upstream: Upstream) -> tuple[UpstreamState, str | None]:
+    if not (upstream.props and upstream.slots_endpoint):  # new, back again, or without /slots
         health = await http.get(f"{upstream.url}/health", timeout=POLL_TIMEOUT)
         if health.status_code == 503:
-            _set_state(upstream, UpstreamState.LOADING, "loading the model (HTTP 503)")
-            return
+            return UpstreamState.LOADING, "loading the model (HTTP 503)"
         if health.status_code != 200:
-            _set_state(upstream, UpstreamState.UNREACHABLE, f"/health: HTTP {health.status_code}")
-            return
+            return UpstreamState.UNREACHABLE, f"/health: HTTP {health.status_code}"
         if not upstream.props:
             await _read_props(http, upstream)
-        if upstream.slots_endpoint:
-            slots = await http.get(f"{upstream.url}/slots", timeout=POLL_TIMEOUT)
-            if slots.status_code == 200:
-                listed: list[dict[str, Any]] = slots.json()
-                busy = sum(1 for slot in listed if slot.get("is_processing"))
-                upstream.polled(busy, len(listed))
-            elif slots.status_code in (404, 501):
-                log.info("%s has no /slots endpoint: counting slots locally", upstream.url)
-                upstream.slots_endpoint = False
-            else:
-                _set_state(upstream, UpstreamState.UNREACHABLE, f"/slots: HTTP {slots.status_code}")
-                return
-    except (httpx.HTTPError, ValueError) as exc:
-        _set_state(upstream, UpstreamState.UNREACHABLE, f"poll failed: {type(exc).__name__}")
-        return
-    _set_state(upstream, UpstreamState.HEALTHY, None)
+        if not upstream.slots_endpoint:
+            return UpstreamState.HEALTHY, None
+    # one request per round for a known upstream: llama-server answers /slots with 503 too
+    # while a model loads (half the polling work of asking /health every time)
+    slots = await http.get(f"{upstream.url}/slots", timeout=POLL_TIMEOUT)
+    if slots.status_code == 200:
+        listed: list[dict[str, Any]] = slots.json()
+        upstream.polled(sum(1 for slot in listed if slot.get("is_processing")), len(listed))
+        return UpstreamState.HEALTHY, None
+    if slots.status_code == 503:
+        return UpstreamState.LOADING, "loading the model (HTTP 503)"
+    if slots.status_code in (404, 501):
+        log.info("%s has no /slots endpoint: counting slots locally", upstream.url)
+        upstream.slots_endpoint = False
+        return UpstreamState.HEALTHY, None
+    return UpstreamState.UNREACHABLE, f"/slots: HTTP {slots.status_code}"
 
 
 async def _read_props(http: httpx.AsyncClient, upstream: Upstream) -> None:

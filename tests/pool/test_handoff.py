@@ -56,6 +56,23 @@ async def test_a_waiting_request_is_sent_ahead_when_a_generation_nears_its_budge
     assert (await asyncio.wait_for(third, 1)).upstream.in_flight == 1
 
 
+async def test_a_request_arriving_when_a_generation_is_already_near_its_end_goes_ahead() -> None:
+    sched = scheduler("http://a")
+    running = await sched.acquire(True, (), frozenset(), 4)
+    sched.progress(running, 3)  # near its end, nobody waiting yet
+    late = asyncio.create_task(sched.acquire(True, (), frozenset(), 4))
+    lease = await asyncio.wait_for(late, 1)  # handed on as it arrived
+    assert lease.upstream.in_flight == 2 and len(sched.buffer) == 0
+    another = await waiting(sched)  # that slot is promised: this one waits
+    sched.progress(running, 1)
+    sched.release(running)
+    await asyncio.sleep(0)
+    assert not another.done()
+    sched.release(lease)
+    sched.release(await asyncio.wait_for(another, 1))
+    assert handoffs(sched) == 1
+
+
 async def test_no_handoff_without_a_budget_or_when_switched_off() -> None:
     sched = scheduler("http://a")
     unknown = await sched.acquire(True, (), frozenset(), None)
