@@ -101,7 +101,7 @@ async def served(settings: Settings) -> AsyncIterator[tuple[str, Services]]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-answer-") as tmp:
-        base = Settings(data_dir=Path(tmp) / "data", _env_file=None)  # type: ignore[call-arg]
+        base = Settings(data_dir=Path(tmp) / "data", _env_file=None)
         slot_dir = Path(tmp) / "slots"
         slot_dir.mkdir()
         async with children(base, slot_dir) as (embedding_url, generation_url):

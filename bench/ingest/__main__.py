@@ -59,7 +59,7 @@ def write_corpus(folder: Path, count: int) -> list[Path]:
 async def end_to_end(base: str, files: list[Path]) -> tuple[float, int]:
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
         started = time.perf_counter()
-        jobs = []
+        jobs: list[str] = []
         for path in files:
             response = await http.post(
                 "/v1/documents",

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,44 @@ def percentile(values: Sequence[float], q: float) -> float:
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {
         "n": len(values),
-        "mean": statistics.fmean(values) if values else float("nan"),
+        "mean": mean(values),
         "p50": percentile(values, 50),
         "p90": percentile(values, 90),
         "p99": percentile(values, 99),
     }
+
+
+def paired_ratio_interval(
+    rounds: Sequence[Sequence[float]],
+    base_rounds: Sequence[Sequence[float]],
+    stat: Callable[[Sequence[float]], float],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% bootstrap interval of ``stat(variant) / stat(baseline)``, resampling whole rounds.
+
+    Round ``i`` of the variant and of the baseline ran next to each other (the same load, minutes
+    apart), so they are drawn together; samples within a round are not independent, so rounds,
+    not requests, are the unit drawn.
+    """
+    rng = random.Random(seed)
+    count = min(len(rounds), len(base_rounds))
+    ratios = []
+    for _ in range(resamples):
+        picks = [rng.randrange(count) for _ in range(count)]
+        variant = [v for i in picks for v in rounds[i]]
+        base = [v for i in picks for v in base_rounds[i]]
+        ratios.append(stat(variant) / stat(base))
+    return percentile(ratios, 2.5), percentile(ratios, 97.5)
+
+
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def p99(values: Sequence[float]) -> float:
+    return percentile(values, 99)
 
 
 def machine() -> dict[str, Any]:
