@@ -1,6 +1,7 @@
 """Prefix affinity on a RAG-like load: many questions over a few shared sets of sources.
 
     .venv/bin/python -m bench.pool.affinity [--sets 4] [--questions 6] [--clients 3] [--repeats 2]
+        [--cache-ram MIB]
 
 Two llama-servers (SmolLM2-135M, ``-np 2 -c 4096``). Each prompt is a system prompt, one of
 ``--sets`` source sets (SciFact abstracts from ../shared/data, about 400 tokens) and one of
@@ -9,7 +10,15 @@ order. ``rag balancer`` (slots policy) runs with affinity and without
 (``RAG_BALANCER_AFFINITY=false``), in alternating rounds; every round salts the system prompt so
 that no round re-uses another's cache. Figures: time to first token and the share of prompt
 tokens llama.cpp re-used from its cache (``timings.cache_n``), as ratios with / without.
-Results: docs/benchmarks/pool-affinity.{json,md,png}.
+
+llama-server also keeps processed prompts in a host-RAM cache shared by its slots (``--cache-ram``,
+8 GiB by default) and restores the longest match into any slot. SmolLM2-135M needs about 23 KB of
+KV cache per token, so 8 GiB holds every source set here and affinity has little to add; a
+production model needs far more per token (an 8B model with grouped-query attention about
+128 KB), so its 8 GiB holds a few dozen prompts. ``--cache-ram 0`` measures servers whose host
+cache cannot hold the working set, where only the slots' own KV cache can be re-used.
+Results: docs/benchmarks/pool-affinity.{json,md,png} (``pool-affinity-cache-ram-N.*`` with
+``--cache-ram N``).
 """
 
 from __future__ import annotations
@@ -87,6 +96,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=6)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--cache-ram", type=int, default=None, help="llama-server --cache-ram in MiB (0: off)"
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     sets = source_sets(args.sets)
@@ -95,7 +107,7 @@ def main() -> None:
     env = machine()
     with (
         workdir("bench-pool-affinity-") as tmp,
-        llama_servers(2, slots=2, ctx=4096, workdir=tmp) as upstreams,
+        llama_servers(2, slots=2, ctx=4096, workdir=tmp, cache_ram_mib=args.cache_ram) as upstreams,
     ):
         for repeat in range(args.repeats):
             names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
@@ -112,6 +124,7 @@ def main() -> None:
         "questions_per_set": args.questions,
         "clients": args.clients,
         "repeats": args.repeats,
+        "cache_ram_mib": args.cache_ram,
         "variants": {},
     }
     for name, got in samples.items():
@@ -145,12 +158,15 @@ def main() -> None:
             f" --sets {args.sets} --questions {args.questions} --clients {args.clients}"
             f" --repeats {args.repeats}"
         )
+    if args.cache_ram is not None:
+        command += f" --cache-ram {args.cache_ram}"
+    cache = "default --cache-ram" if args.cache_ram is None else f"--cache-ram {args.cache_ram}"
     lines = [
         "# Pool benchmark: prefix affinity on a RAG-like load",
         "",
         f"Command: `{command}`",
         "",
-        f"Two llama-servers (SmolLM2-135M, -np 2 -c 4096, -t 1) behind `rag balancer` "
+        f"Two llama-servers (SmolLM2-135M, -np 2 -c 4096, -t 1, {cache}) behind `rag balancer` "
         f"(slots policy). {args.sets} source sets x {args.questions} questions, "
         f"{args.clients} closed-loop clients, streamed /completion, 4 tokens each; "
         f"{args.repeats} alternating rounds per variant, each with its own salt. TTFT in "
@@ -172,7 +188,10 @@ def main() -> None:
         "p99 TTFT": {"with/without": ratios["ttft_p99"]},
         "cached tokens": {"with/without": ratios["cached_tokens"]},
     }
-    publish("pool-affinity", result, lines, env=env, title="Prefix affinity: with / without",
+    name = (
+        "pool-affinity" if args.cache_ram is None else f"pool-affinity-cache-ram-{args.cache_ram}"
+    )
+    publish(name, result, lines, env=env, title="Prefix affinity: with / without",
             groups=groups, ylabel="ratio with / without")  # fmt: skip
 
 

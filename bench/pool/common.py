@@ -147,8 +147,11 @@ def _stop(procs: Sequence[Proc]) -> None:
 
 
 @contextlib.contextmanager
-def llama_servers(count: int, *, slots: int, ctx: int, workdir: Path) -> Iterator[list[str]]:
-    """``count`` real llama-servers (SmolLM2-135M, ``-np slots -c ctx -t 1``)."""
+def llama_servers(
+    count: int, *, slots: int, ctx: int, workdir: Path, cache_ram_mib: int | None = None
+) -> Iterator[list[str]]:
+    """``count`` real llama-servers (SmolLM2-135M, ``-np slots -c ctx -t 1``; ``--cache-ram``
+    when ``cache_ram_mib`` is given, else llama-server's default of 8 GiB)."""
     settings = Settings()
     binary = ensure_llama_server(settings)
     model = ensure_generation_model(settings)
@@ -160,7 +163,8 @@ def llama_servers(count: int, *, slots: int, ctx: int, workdir: Path) -> Iterato
             with log.open("wb") as out:
                 process = subprocess.Popen(
                     [str(binary), "-m", str(model), "-c", str(ctx), "-np", str(slots), "-t", "1",
-                     "--no-webui", "--host", "127.0.0.1", "--port", str(port)],
+                     "--no-webui", "--host", "127.0.0.1", "--port", str(port),
+                     *(["--cache-ram", str(cache_ram_mib)] if cache_ram_mib is not None else [])],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     preexec_fn=die_with_parent,
                 )  # fmt: skip
