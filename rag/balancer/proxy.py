@@ -2,11 +2,11 @@
 
 ``ProxyApp`` answers the llama-server / OpenAI endpoints itself (every other request goes on to
 the FastAPI app): it reads the body, derives the prefix-affinity keys and the token budget (for
-the pool's early handoff), opens the answer through
-``Pool.stream`` (which fails over before the first byte) and passes it on byte for byte. One
-watcher task per request listens for the client's disconnect and cancels the request at once,
-whether it is waiting for a slot, waiting for the upstream or streaming: ``Pool.stream`` then
-closes the upstream response, which makes llama-server stop and free the slot.
+the pool's early handoff), opens the answer through ``Pool.stream`` (which fails over before the
+first byte) and passes it on byte for byte. One watcher task per request listens for the client's
+disconnect and cancels the request at once, whether it is waiting for a slot, waiting for the
+upstream or streaming: ``Pool.stream`` then closes the upstream response, which makes
+llama-server stop and free the slot.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class Scheduler:
         metrics: PoolMetrics,
         affinity: bool,
         affinity_slack: int,
-        handoff_tokens: int = 0,
+        handoff_tokens: int,
     ) -> None:
         self.name = name
         self.policy: Policy = policy
@@ -143,10 +143,14 @@ class Scheduler:
             upstream = self.pick(waiter.needs_slot, waiter.prefix, waiter.exclude)
             if upstream is None:
                 continue
-            self.buffer.remove(waiter)
-            self.reserve(upstream, waiter.needs_slot, waiter.prefix)
-            waiter.future.set_result(upstream)
+            self._grant(waiter, upstream)
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
+
+    def _grant(self, waiter: Waiter, upstream: Upstream) -> None:
+        """Take ``waiter`` out of the buffer with a reservation on ``upstream``."""
+        self.buffer.remove(waiter)
+        self.reserve(upstream, waiter.needs_slot, waiter.prefix)
+        waiter.future.set_result(upstream)
 
     def progress(self, lease: Lease, tokens: int) -> None:
         """``tokens`` more were streamed on ``lease``: near its end, hand its slot on early."""
@@ -175,9 +179,7 @@ class Scheduler:
                 continue
             del self._ending[lease]
             lease.handed_on = True
-            self.buffer.remove(waiter)
-            self.reserve(upstream, True, waiter.prefix)
-            waiter.future.set_result(upstream)
+            self._grant(waiter, upstream)
             self.metrics.handoffs.labels(self.name).inc()
             if not len(self.buffer):
                 break
