@@ -316,6 +316,23 @@ async def closed_loop(
     return [sample for samples in results for sample in samples], wall
 
 
+async def open_loop(
+    url: str, schedule: Sequence[tuple[float, dict[str, Any]]]
+) -> tuple[list[Sample], float]:
+    """Each request sent at its own time (seconds from the start), whatever is still running."""
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as http:
+        started = time.perf_counter()
+
+        async def send_at(offset: float, body: dict[str, Any]) -> Sample:
+            await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
+            return await stream_completion(http, url, body)
+
+        results = await asyncio.gather(*(send_at(offset, body) for offset, body in schedule))
+        wall = time.perf_counter() - started
+    return list(results), wall
+
+
 def samples_dict(samples: Sequence[Sample]) -> list[dict[str, Any]]:
     return [asdict(s) for s in samples]
 

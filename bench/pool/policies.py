@@ -2,6 +2,7 @@
 and long generations.
 
     .venv/bin/python -m bench.pool.policies [--clients 6] [--requests 8] [--repeats 8]
+    .venv/bin/python -m bench.pool.policies --load open [--rate 3] [--arrivals 100] [--repeats 4]
 
 Two llama-servers (SmolLM2-135M, ``-np 2``: four slots in all). ``--clients`` closed-loop clients
 (more than there are slots, so requests must wait somewhere) each send ``--requests`` streamed
@@ -15,7 +16,10 @@ bootstrap interval over the rounds (single rounds differ by several percent on t
 
 With closed-loop clients, mean response time is fixed by throughput (Little's law: clients /
 requests per second), so a scheduler can only lose on mean TTFT here (idle slots between
-requests, its own CPU), not win; what slot-awareness can win is the tail (p99).
+requests, its own CPU), not win; what slot-awareness can win is the tail (p99). ``--load open``
+sends ``--arrivals`` requests at seeded Poisson times, ``--rate`` per second, whatever is still
+running (many independent users, as a service sees them), the same schedule for every variant;
+there queueing decides the mean too. Results: docs/benchmarks/pool-policies-open.*.
 Results: docs/benchmarks/pool-policies.{json,md,png}.
 """
 
@@ -37,6 +41,7 @@ from bench.pool.common import (
     machine,
     mean,
     nginx_least_conn,
+    open_loop,
     p99,
     paired_ratio_interval,
     publish,
@@ -49,25 +54,35 @@ SHORT_TOKENS = 4
 LONG_TOKENS = 48
 
 
+def _body(rng: random.Random, label: str) -> dict[str, Any]:
+    """One request of the mix: a quarter long, the rest short."""
+    long = rng.random() < 0.25
+    return {
+        "prompt": f"{label}: write about the number {rng.randint(1, 10_000)}.",
+        "n_predict": LONG_TOKENS if long else SHORT_TOKENS,
+        "ignore_eos": True,
+        "cache_prompt": False,
+        "temperature": 0.0,
+    }
+
+
 def workloads(clients: int, requests: int, seed: int = 7) -> list[list[dict[str, Any]]]:
+    """Closed loop: ``requests`` bodies for each of ``clients`` clients."""
     rng = random.Random(seed)
-    loads = []
-    for client in range(clients):
-        bodies = []
-        for index in range(requests):
-            long = rng.random() < 0.25
-            bodies.append(
-                {
-                    "prompt": f"Client {client}, request {index}: write about the number "
-                    f"{rng.randint(1, 10_000)}.",
-                    "n_predict": LONG_TOKENS if long else SHORT_TOKENS,
-                    "ignore_eos": True,
-                    "cache_prompt": False,
-                    "temperature": 0.0,
-                }
-            )
-        loads.append(bodies)
-    return loads
+    return [
+        [_body(rng, f"Client {client}, request {index}") for index in range(requests)]
+        for client in range(clients)
+    ]
+
+
+def arrivals(count: int, rate: float, seed: int = 11) -> list[tuple[float, dict[str, Any]]]:
+    """Open loop: ``count`` bodies at Poisson times, ``rate`` per second on average."""
+    rng = random.Random(seed)
+    schedule, at = [], 0.0
+    for index in range(count):
+        at += rng.expovariate(rate)
+        schedule.append((at, _body(rng, f"Request {index}")))
+    return schedule
 
 
 Variant = Callable[[list[str], Path], AbstractContextManager[str]]
@@ -100,10 +115,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=None, help="default: 8 closed, 4 open")
+    parser.add_argument("--load", choices=["closed", "open"], default="closed")
+    parser.add_argument("--rate", type=float, default=3.0, help="open load: requests per second")
+    parser.add_argument("--arrivals", type=int, default=100, help="open load: requests per round")
     args = parser.parse_args()
+    if args.repeats is None:
+        args.repeats = 8 if args.load == "closed" else 4
     stop_on_sigterm()
     loads = workloads(args.clients, args.requests)
+    schedule = arrivals(args.arrivals, args.rate)
     samples: dict[str, list[Sample]] = {name: [] for name in VARIANTS}
     rounds: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}  # TTFTs per round
     walls: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -116,7 +137,10 @@ def main() -> None:
         for order in orders(args.repeats):
             for name in order:
                 with VARIANTS[name](upstreams, tmp) as url:
-                    got, wall = asyncio.run(closed_loop(url, loads))
+                    if args.load == "closed":
+                        got, wall = asyncio.run(closed_loop(url, loads))
+                    else:
+                        got, wall = asyncio.run(open_loop(url, schedule))
                 samples[name].extend(got)
                 rounds[name].append([s.ttft for s in got if s.ok])
                 walls[name].append(wall)
@@ -125,8 +149,12 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "pool-policies",
         "machine": env,
-        "clients": args.clients,
-        "requests_per_client": args.requests,
+        "load": args.load,
+        **(
+            {"clients": args.clients, "requests_per_client": args.requests}
+            if args.load == "closed"
+            else {"rate_per_s": args.rate, "arrivals": args.arrivals}
+        ),
         "repeats": args.repeats,
         "short_tokens": SHORT_TOKENS,
         "long_tokens": LONG_TOKENS,
@@ -177,15 +205,26 @@ def main() -> None:
         "p99_ttft_better_than_least_conn": verdict(slots["ttft_p99"], slots_ci["ttft_p99"]),
     }
     command = ".venv/bin/python -m bench.pool.policies"
-    if (args.clients, args.requests, args.repeats) != (6, 8, 8):
-        command += f" --clients {args.clients} --requests {args.requests} --repeats {args.repeats}"
+    if args.load == "closed":
+        if (args.clients, args.requests, args.repeats) != (6, 8, 8):
+            command += (
+                f" --clients {args.clients} --requests {args.requests} --repeats {args.repeats}"
+            )
+        load = f"{args.clients} closed-loop clients x {args.requests} streamed /completion requests"
+    else:
+        command += " --load open"
+        if (args.rate, args.arrivals, args.repeats) != (3.0, 100, 4):
+            command += f" --rate {args.rate} --arrivals {args.arrivals} --repeats {args.repeats}"
+        load = (
+            f"open loop: {args.arrivals} streamed /completion requests at seeded Poisson times, "
+            f"{args.rate:g} per second"
+        )
     lines = [
         "# Pool benchmark: slot-aware vs round-robin vs nginx least_conn",
         "",
         f"Command: `{command}`",
         "",
-        f"Two llama-servers (SmolLM2-135M, -np 2, -t 1; 4 slots). {args.clients} closed-loop "
-        f"clients x {args.requests} streamed /completion requests (1 in 4 long: "
+        f"Two llama-servers (SmolLM2-135M, -np 2, -t 1; 4 slots). {load} (1 in 4 long: "
         f"{LONG_TOKENS} tokens, else {SHORT_TOKENS}), the same seeded sequence for every "
         f"variant, {args.repeats} alternating rounds per variant. TTFT in seconds; "
         "ratios against nginx least_conn from the same run (below 1 is better for TTFT, "
@@ -203,7 +242,8 @@ def main() -> None:
         "(met: ratio at or below 1; within noise: above 1 but the interval reaches 1; "
         "missed: the whole interval above 1.)",
     ]
-    publish("pool-policies", result, lines, env=env, title="Policies / nginx least_conn",
+    name = "pool-policies" if args.load == "closed" else "pool-policies-open"
+    publish(name, result, lines, env=env, title="Policies / nginx least_conn",
             groups=ratios, ylabel="ratio to least_conn")  # fmt: skip
 
 
