@@ -10,17 +10,17 @@ Two llama-servers (SmolLM2-135M, ``-np 2``: four slots in all). ``--clients`` cl
 seeded order that every variant gets identically. Variants: ``rag balancer`` with the ``slots``
 policy (with early handoff, its default, and without), ``rag balancer --policy round-robin``, and
 Debian's nginx with ``least_conn``, run in turn (A B C D, then D C B A, ...) against the same
-servers. Figures: mean and p99 time to first
-token, and total throughput, each as a ratio to nginx ``least_conn`` from the same run, with a 95%
-bootstrap interval over the rounds (single rounds differ by several percent on these machines).
+servers. Figures: mean and p99 time to first token, and total throughput, each as a ratio to nginx
+``least_conn`` from the same run, with a 95% bootstrap interval over the rounds (single rounds
+differ by several percent on these machines).
 
 With closed-loop clients, mean response time is fixed by throughput (Little's law: clients /
 requests per second), so a scheduler can only lose on mean TTFT here (idle slots between
 requests, its own CPU), not win; what slot-awareness can win is the tail (p99). ``--load open``
 sends ``--arrivals`` requests at seeded Poisson times, ``--rate`` per second, whatever is still
 running (many independent users, as a service sees them), the same schedule for every variant;
-there queueing decides the mean too. Results: docs/benchmarks/pool-policies-open.*.
-Results: docs/benchmarks/pool-policies.{json,md,png}.
+there queueing decides the mean too. Results: docs/benchmarks/pool-policies.{json,md,png}, and
+pool-policies-open.* for the open load.
 """
 
 from __future__ import annotations
