@@ -84,6 +84,7 @@ def _pool(name: str, settings: Settings, http: httpx.AsyncClient, metrics: Metri
         buffer_size=settings.pool_buffer_size,
         buffer_timeout=settings.pool_buffer_timeout,
         handoff_tokens=settings.pool_handoff_tokens,
+        affinity_wait=settings.pool_affinity_wait,
         metrics=metrics.pool,
     )
 

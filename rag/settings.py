@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     pool_buffer_timeout: float = Field(
         30.0, gt=0, description="Seconds a request may wait for a slot before 503."
     )
+    pool_affinity_wait: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds a request with a long cached prefix (1 KiB or more) may wait for the "
+        "upstream holding it when that one is full, before it goes elsewhere (0: never).",
+    )
     pool_handoff_tokens: int = Field(
         2,
         ge=0,

@@ -46,6 +46,7 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
                 affinity=settings.affinity,
                 affinity_slack=settings.affinity_slack,
                 handoff_tokens=settings.handoff_tokens,
+                affinity_wait=settings.affinity_wait,
             )
             for url in settings.upstreams:
                 pool.add_upstream(url)

@@ -7,7 +7,8 @@ it should wait in the buffer. Policies:
   whose slots are all busy (it waits for one instead, so it never queues inside a llama-server
   while another has a free slot). With ``affinity_url`` set, the upstream that last served the
   same prompt prefix wins unless it has no free slot or ``affinity_slack`` fewer free slots than
-  the best one ("much busier").
+  the best one ("much busier"); with ``wait_for_affinity``, a full owner is waited for (in the
+  buffer, never inside the llama-server) instead of evaluating the prefix again elsewhere.
 - ``round-robin``: the next upstream in turn, whatever its load (a baseline for comparison).
 - ``least-requests``: the upstream with the fewest requests in flight from this pool, whatever
   its slots (what nginx ``least_conn`` does; a baseline for comparison).
@@ -53,11 +54,14 @@ def choose(
     turn: int = 0,
     affinity_url: str | None = None,
     affinity_slack: int = 1,
+    wait_for_affinity: bool = False,
 ) -> Candidate | None:
     """The candidate to send a request to, or ``None`` if it should wait.
 
     ``turn`` is a counter the caller increments per request: round-robin uses it, and the other
     policies use it to break ties so that equal upstreams share the load.
+    ``wait_for_affinity``: when the ``affinity_url`` upstream has no free slot, wait for it (None)
+    rather than go elsewhere; the caller decides when the prefix is worth the wait.
     """
     if not candidates:
         return None
@@ -68,6 +72,8 @@ def choose(
         return ordered[0]
     if policy == "least-requests":
         return min(ordered, key=lambda c: c.in_flight)
+    if wait_for_affinity and any(c.url == affinity_url and c.slots_free == 0 for c in ordered):
+        return None  # worth waiting for the upstream that holds the prefix
     free = [c for c in ordered if c.slots_free > 0]
     if not free:
         return None

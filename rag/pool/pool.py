@@ -64,6 +64,7 @@ class Pool:
         affinity: bool = True,
         affinity_slack: int = 1,
         handoff_tokens: int = 2,
+        affinity_wait: float = 1.0,
     ) -> None:
         self.name = name
         self.http = http
@@ -81,6 +82,7 @@ class Pool:
             affinity=affinity,
             affinity_slack=affinity_slack,
             handoff_tokens=handoff_tokens,
+            affinity_wait=affinity_wait,
         )
         self._upstreams = self.scheduler.upstreams
         self._pollers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}

@@ -13,6 +13,13 @@ server). So when a streamed generation comes within ``handoff_tokens`` of its to
 yet, the first to arrive before the generation ends), to wait in the server's own queue for the
 slot about to free. Each lease hands on at most one request; the rest keep waiting here, in
 order.
+
+Waiting for the owner of a prefix (``affinity_wait``): with prefix affinity, the upstream that
+holds a request's prompt prefix may have all its slots busy while another has one free. For a
+long shared prefix (a RAG prompt's system prompt and sources) evaluating it again elsewhere costs
+more than waiting a moment for the owner, so such a request waits in the buffer up to
+``affinity_wait`` seconds for the owner, then takes any free slot. Other requests are not held
+up: the buffer hands free slots to whichever waiting request may take them, oldest first.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from rag.pool.policy import Policy, choose
 from rag.pool.upstream import Upstream, UpstreamState
 
 AFFINITY_ENTRIES = 16384
+AFFINITY_WAIT_MIN_KEYS = 4  # matched prefix blocks (4 x 256 characters) worth waiting for
 
 
 @dataclass(eq=False)
@@ -57,6 +65,7 @@ class Scheduler:
         affinity: bool,
         affinity_slack: int,
         handoff_tokens: int,
+        affinity_wait: float = 0.0,
     ) -> None:
         self.name = name
         self.policy: Policy = policy
@@ -67,6 +76,7 @@ class Scheduler:
         self.affinity = affinity
         self.affinity_slack = affinity_slack
         self.handoff_tokens = handoff_tokens
+        self.affinity_wait = affinity_wait
         self.upstreams: dict[str, Upstream] = {}
         self.idle: dict[str, asyncio.Event] = {}
         self.buffer = WaitQueue(buffer_size)
@@ -90,12 +100,33 @@ class Scheduler:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
 
-    def pick(self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str]) -> Upstream | None:
+    def owner(self, prefix: tuple[str, ...]) -> tuple[str | None, int]:
+        """The upstream that last served the longest known part of ``prefix``, and how many of
+        its keys matched."""
+        if self.affinity:
+            for matched in range(len(prefix), 0, -1):
+                url = self._affinity.get(prefix[matched - 1])
+                if url is not None:
+                    return url, matched
+        return None, 0
+
+    def waits_for_owner(self, prefix: tuple[str, ...], waited: float) -> str | None:
+        """The owner a request should still wait for: its prefix is long enough to be worth it
+        and it has waited less than ``affinity_wait``."""
+        if waited >= self.affinity_wait:
+            return None
+        url, matched = self.owner(prefix)
+        return url if self._worth_waiting(matched, waited) else None
+
+    def _worth_waiting(self, matched_keys: int, waited: float) -> bool:
+        return matched_keys >= AFFINITY_WAIT_MIN_KEYS and waited < self.affinity_wait
+
+    def pick(
+        self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str], waited: float = 0.0
+    ) -> Upstream | None:
         now = time.monotonic()
         usable = [u for u in self.upstreams.values() if u.usable(now) and u.url not in exclude]
-        owner = None
-        if self.affinity:
-            owner = next((self._affinity[k] for k in reversed(prefix) if k in self._affinity), None)
+        owner, matched = self.owner(prefix)
         chosen = choose(
             [u.candidate() for u in usable],
             self.policy,
@@ -103,6 +134,7 @@ class Scheduler:
             turn=self._turn,
             affinity_url=owner,
             affinity_slack=self.affinity_slack,
+            wait_for_affinity=slot and self._worth_waiting(matched, waited),
         )
         if chosen is None:
             return None
@@ -136,11 +168,13 @@ class Scheduler:
         """Hand free slots to waiting requests, oldest first."""
         if not len(self.buffer):
             return
+        now = time.monotonic()
         for waiter in self.buffer:
             if waiter.future.done():
                 self.buffer.remove(waiter)
                 continue
-            upstream = self.pick(waiter.needs_slot, waiter.prefix, waiter.exclude)
+            waited = now - waiter.enqueued
+            upstream = self.pick(waiter.needs_slot, waiter.prefix, waiter.exclude, waited)
             if upstream is None:
                 continue
             self._grant(waiter, upstream)
@@ -172,7 +206,8 @@ class Scheduler:
                 continue
             waiter = next(
                 (w for w in self.buffer
-                 if not w.future.done() and w.needs_slot and upstream.url not in w.exclude),
+                 if not w.future.done() and w.needs_slot and upstream.url not in w.exclude
+                 and self.waits_for_owner(w.prefix, now - w.enqueued) in (None, upstream.url)),
                 None,
             )  # fmt: skip
             if waiter is None:
@@ -241,11 +276,20 @@ class Scheduler:
                 self.reserve(upstream, slot, prefix)
                 return upstream
         if self.buffer.full():
+            # requests waiting for their prefix's owner may fill it while slots are free
+            upstream = self.pick(slot, prefix, exclude, waited=self.affinity_wait)
+            if upstream is not None:
+                self.reserve(upstream, slot, prefix)
+                return upstream
             self.metrics.rejected.labels(self.name, "buffer_full").inc()
             raise RateLimited(f"all slots of pool {self.name} are busy and its buffer is full")
-        future: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Upstream] = loop.create_future()
         waiter = Waiter(slot, prefix, exclude, future)
         self.buffer.push(waiter)
+        if slot and self.waits_for_owner(prefix, 0.0) is not None:
+            loop.call_later(self.affinity_wait, self.dispatch)  # then any upstream will do
+        self.dispatch()  # older requests may be waiting for their owner, not for a slot
         self.hand_on()  # a generation already near its end can take it
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
         try:

@@ -1,6 +1,7 @@
-"""Early handoff in the scheduler, with plain upstream values: a waiting request is sent ahead to
-the upstream whose streamed generation is about to reach its token budget, once per lease, and
-the slot accounting stays exact (nothing is handed the same slot twice)."""
+"""The scheduler's buffer with plain upstream values. Early handoff: a waiting request is sent
+ahead to the upstream whose streamed generation is about to reach its token budget, once per
+lease, and the slot accounting stays exact (nothing is handed the same slot twice). Waiting for
+the owner of a long prefix: up to ``affinity_wait``, then anywhere."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ from rag.pool.scheduler import Lease, Scheduler
 from rag.pool.upstream import Upstream, UpstreamState
 
 
-def scheduler(*urls: str, slots: int = 1, handoff_tokens: int = 2) -> Scheduler:
+def scheduler(
+    *urls: str,
+    slots: int = 1,
+    handoff_tokens: int = 2,
+    affinity_wait: float = 0.0,
+    buffer_size: int = 8,
+) -> Scheduler:
     sched = Scheduler(
-        "test", policy="slots", buffer_size=8, buffer_timeout=5.0, quarantine=1.0,
-        poll_interval=1.0, metrics=PoolMetrics(), affinity=False, affinity_slack=1,
-        handoff_tokens=handoff_tokens,
+        "test", policy="slots", buffer_size=buffer_size, buffer_timeout=5.0, quarantine=1.0,
+        poll_interval=1.0, metrics=PoolMetrics(), affinity=affinity_wait > 0, affinity_slack=1,
+        handoff_tokens=handoff_tokens, affinity_wait=affinity_wait,
     )  # fmt: skip
     for url in urls:
         sched.upstreams[url] = Upstream(url, state=UpstreamState.HEALTHY, slots_total=slots)
@@ -107,6 +114,45 @@ async def test_handoff_keeps_order_and_skips_a_request_that_excludes_the_upstrea
     assert not not_a.done()
     sched.release(on_b)  # B frees: the oldest request that may go there gets it
     assert (await asyncio.wait_for(not_a, 1)).upstream is on_b.upstream
+
+
+LONG = tuple(f"k{i}" for i in range(6))  # six matching 256-character blocks
+SHORT = ("s1",)
+
+
+async def test_a_long_prefix_waits_for_its_owner_then_goes_anywhere() -> None:
+    sched = scheduler("http://a", "http://b", affinity_wait=0.2)
+    first = await sched.acquire(True, LONG, frozenset(), None)  # the prefix now lives there
+    owner = first.upstream
+    other = next(u for u in sched.upstreams.values() if u is not owner)
+    same = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
+    await asyncio.sleep(0)
+    assert not same.done()  # waits for the owner although the other upstream is free
+    anywhere = await asyncio.wait_for(sched.acquire(True, SHORT, frozenset(), None), 1)
+    assert anywhere.upstream is other  # requests that wait for nothing are not held up
+    sched.release(anywhere)
+    sched.release(first)  # the owner frees: the waiting request gets it
+    lease = await asyncio.wait_for(same, 1)
+    assert lease.upstream is owner
+
+    late = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
+    await asyncio.sleep(0.05)
+    assert not late.done()
+    lease2 = await asyncio.wait_for(late, 1)  # after affinity_wait: the free upstream
+    assert lease2.upstream is other
+
+
+async def test_owner_waiters_never_make_free_slots_answer_429() -> None:
+    sched = scheduler("http://a", "http://b", affinity_wait=5.0, buffer_size=1)
+    first = await sched.acquire(True, LONG, frozenset(), None)
+    waiting = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
+    await asyncio.sleep(0)
+    assert sched.buffer.full()
+    served = await asyncio.wait_for(sched.acquire(True, LONG, frozenset(), None), 1)
+    assert served.upstream is not first.upstream  # a free slot, not "buffer full"
+    for lease in (first, served):
+        sched.release(lease)
+    sched.release(await asyncio.wait_for(waiting, 1))
 
 
 def test_token_budget_and_stream_events() -> None:

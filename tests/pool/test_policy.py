@@ -70,6 +70,14 @@ def test_affinity_wins_unless_much_busier() -> None:
     assert chosen.url == B
 
 
+def test_a_full_owner_is_waited_for_only_when_asked() -> None:
+    assert choose(cands(2, 0), affinity_url=A, wait_for_affinity=True) is None
+    chosen = choose(cands(1, 0), affinity_url=A, wait_for_affinity=True)  # a slot free there
+    assert chosen is not None and chosen.url == A
+    chosen = choose(cands(2, 0), affinity_url="http://gone", wait_for_affinity=True)
+    assert chosen is not None and chosen.url == B  # an owner that is not usable is not waited for
+
+
 def test_affinity_to_unknown_upstream_falls_back() -> None:
     chosen = choose(cands(1, 0), affinity_url="http://gone")
     assert chosen is not None
