@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from rag.pool import Pool
+from rag.pool.prefix import prefix_chain
 from rag.settings import Settings
 from tests.pool.conftest import Binaries, busy_slots, start_servers, wait_for
 
@@ -18,8 +19,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SHORT = {"prompt": "The capital of France is", "n_predict": 4}
 
 
-async def hold_through(pool: Pool, body: dict[str, Any], started: asyncio.Event) -> None:
-    async with pool.stream("POST", "/completion", json=body) as response:
+async def hold_through(
+    pool: Pool, body: dict[str, Any], started: asyncio.Event, prefix: tuple[str, ...] = ()
+) -> None:
+    async with pool.stream("POST", "/completion", json=body, prefix_key=prefix) as response:
         async for _ in response.aiter_raw():
             started.set()
             await asyncio.Event().wait()  # until cancelled
@@ -170,3 +173,46 @@ async def test_a_waiting_request_is_sent_ahead_as_a_generation_nears_its_end(
     finally:
         await pool.stop()
     assert await wait_for(lambda: _idle(pool_http, upstreams[0]), within=10)
+
+
+async def test_a_long_shared_prefix_waits_for_the_server_that_holds_it(
+    upstreams: list[str], pool_http: httpx.AsyncClient
+) -> None:
+    """Prefix affinity on real servers: with the owner of a long prefix full, a request with the
+    same prefix waits for it (while the other server stays free) and then re-uses its cache; a
+    request without that prefix is not held up."""
+    pool = await healthy_pool(pool_http, upstreams, poll_interval=3.0, affinity_wait=30.0)
+    shared = "Sources: " + " ".join(f"[{i}] Cells divide and proteins fold." for i in range(30))
+    assert len(shared) > 1024  # more than 4 blocks of 256 characters, about 300 tokens
+
+    def body(question: str, tokens: int) -> dict[str, Any]:
+        return {"prompt": f"{shared}\nQuestion: {question}?", "n_predict": tokens,
+                "ignore_eos": True, "cache_prompt": True}  # fmt: skip
+
+    def prefix(question: str) -> tuple[str, ...]:
+        return prefix_chain(body(question, 1)["prompt"])
+
+    holders: list[asyncio.Task[None]] = []
+    try:
+        for question in ("one", "two"):  # both slots of the owner, one after the other
+            started = asyncio.Event()
+            hold = {**body(question, 180), "stream": True}  # within the 512-token slot
+            holders.append(asyncio.create_task(hold_through(pool, hold, started, prefix(question))))
+            await asyncio.wait_for(started.wait(), 60)
+        owner = next(u["url"] for u in pool.status()["upstreams"] if u["requests_in_flight"])
+        other = next(url for url in upstreams if url != owner)
+        assert await busy_slots(pool_http, owner) == 2
+        waiting = asyncio.create_task(
+            pool.request("POST", "/completion", json=body("three", 4), prefix_key=prefix("three"))
+        )
+        assert await wait_for(lambda: pool.status()["buffered"] == 1)
+        unrelated = await pool.request("POST", "/completion", json=SHORT)  # not held up
+        assert unrelated.status_code == 200
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and await busy_slots(pool_http, other) == 0
+        await cancel(holders.pop(0))  # a slot of the owner frees
+        answer = await asyncio.wait_for(waiting, 60)
+        assert answer.json()["timings"]["cache_n"] > 150  # the shared prefix was re-used
+    finally:
+        await cancel(*holders)
+        await pool.stop()
