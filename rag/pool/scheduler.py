@@ -65,7 +65,7 @@ class Scheduler:
         affinity: bool,
         affinity_slack: int,
         handoff_tokens: int,
-        affinity_wait: float = 0.0,
+        affinity_wait: float,
     ) -> None:
         self.name = name
         self.policy: Policy = policy
