@@ -5,10 +5,11 @@ it should wait in the buffer. Policies:
 
 - ``slots`` (default): the upstream with the most free slots; a request never goes to an upstream
   whose slots are all busy (it waits for one instead, so it never queues inside a llama-server
-  while another has a free slot). With ``affinity_url`` set, the upstream that last served the
-  same prompt prefix wins unless it has no free slot or ``affinity_slack`` fewer free slots than
-  the best one ("much busier"); with ``wait_for_affinity``, a full owner is waited for (in the
-  buffer, never inside the llama-server) instead of evaluating the prefix again elsewhere.
+  while another has a free slot). With ``affinity_urls`` set (the upstreams that recently served
+  the same prompt prefix), the freest of them wins unless it has no free slot or more than
+  ``affinity_slack`` fewer free slots than the best one ("much busier"); with
+  ``wait_for_affinity``, when all of them are full they are waited for (in the buffer, never
+  inside a llama-server) instead of evaluating the prefix again elsewhere.
 - ``round-robin``: the next upstream in turn, whatever its load (a baseline for comparison).
 - ``least-requests``: the upstream with the fewest requests in flight from this pool, whatever
   its slots (what nginx ``least_conn`` does; a baseline for comparison).
@@ -18,7 +19,7 @@ Requests that take no slot (``/tokenize``, ``/props``, ...) go to the least load
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -52,7 +53,7 @@ def choose(
     *,
     needs_slot: bool = True,
     turn: int = 0,
-    affinity_url: str | None = None,
+    affinity_urls: Collection[str] = (),
     affinity_slack: int = 1,
     wait_for_affinity: bool = False,
 ) -> Candidate | None:
@@ -60,7 +61,7 @@ def choose(
 
     ``turn`` is a counter the caller increments per request: round-robin uses it, and the other
     policies use it to break ties so that equal upstreams share the load.
-    ``wait_for_affinity``: when the ``affinity_url`` upstream has no free slot, wait for it (None)
+    ``wait_for_affinity``: when every ``affinity_urls`` upstream is full, wait for them (None)
     rather than go elsewhere; the caller decides when the prefix is worth the wait.
     """
     if not candidates:
@@ -72,17 +73,23 @@ def choose(
         return ordered[0]
     if policy == "least-requests":
         return min(ordered, key=lambda c: c.in_flight)
-    if wait_for_affinity and any(c.url == affinity_url and c.slots_free == 0 for c in ordered):
-        return None  # worth waiting for the upstream that holds the prefix
+    holders = [c for c in ordered if c.url in affinity_urls]
+    if wait_for_affinity and holders and all(c.slots_free == 0 for c in holders):
+        return None  # worth waiting for an upstream that holds the prefix
     free = [c for c in ordered if c.slots_free > 0]
     if not free:
         return None
-    best = max(free, key=lambda c: (c.slots_free, -c.in_flight))
-    if affinity_url is not None:
-        owner = next((c for c in free if c.url == affinity_url), None)
-        if owner is not None and best.slots_free - owner.slots_free <= affinity_slack:
+    best = max(free, key=_freest)
+    free_holders = [c for c in holders if c.slots_free > 0]
+    if free_holders:
+        owner = max(free_holders, key=_freest)
+        if best.slots_free - owner.slots_free <= affinity_slack:
             return owner
     return best
+
+
+def _freest(candidate: Candidate) -> tuple[int, int]:
+    return candidate.slots_free, -candidate.in_flight
 
 
 def _rotated(candidates: Sequence[Candidate], turn: int) -> list[Candidate]:

@@ -14,12 +14,13 @@ yet, the first to arrive before the generation ends), to wait in the server's ow
 slot about to free. Each lease hands on at most one request; the rest keep waiting here, in
 order.
 
-Waiting for the owner of a prefix (``affinity_wait``): with prefix affinity, the upstream that
-holds a request's prompt prefix may have all its slots busy while another has one free. For a
-long shared prefix (a RAG prompt's system prompt and sources) evaluating it again elsewhere costs
-more than waiting a moment for the owner, so such a request waits in the buffer up to
-``affinity_wait`` seconds for the owner, then takes any free slot. Other requests are not held
-up: the buffer hands free slots to whichever waiting request may take them, oldest first.
+Waiting for the holders of a prefix (``affinity_wait``): with prefix affinity, the upstreams that
+recently served a request's prompt prefix (and so hold it in their caches) may all be full while
+another has a free slot. For a long shared prefix (a RAG prompt's system prompt and sources)
+evaluating it again elsewhere costs more than waiting a moment, so such a request waits in the
+buffer up to ``affinity_wait`` seconds for one of them, then takes any free slot. Other requests
+are not held up: the buffer hands free slots to whichever waiting request may take them, oldest
+first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from rag.pool.upstream import Upstream, UpstreamState
 
 AFFINITY_ENTRIES = 16384
 AFFINITY_WAIT_MIN_KEYS = 4  # matched prefix blocks (4 x 256 characters) worth waiting for
+AFFINITY_HOLDERS = 4  # upstreams remembered per prefix key, most recent last
 
 
 @dataclass(eq=False)
@@ -80,7 +82,7 @@ class Scheduler:
         self.upstreams: dict[str, Upstream] = {}
         self.idle: dict[str, asyncio.Event] = {}
         self.buffer = WaitQueue(buffer_size)
-        self._affinity: OrderedDict[str, str] = OrderedDict()
+        self._affinity: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # key -> holders
         self._ending: dict[Lease, None] = {}  # leases near their budget, not handed on yet
         self._turn = 0
         self._gauges: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
@@ -89,7 +91,8 @@ class Scheduler:
         """Drop ``url`` from the membership and the affinity table."""
         self.upstreams.pop(url, None)
         self.idle.pop(url, None)
-        self._affinity = OrderedDict((k, v) for k, v in self._affinity.items() if v != url)
+        holders = ((k, tuple(u for u in v if u != url)) for k, v in self._affinity.items())
+        self._affinity = OrderedDict((k, v) for k, v in holders if v)
         self._gauges.pop(url, None)
         self.metrics.forget_upstream(self.name, url)
         self.dispatch()
@@ -100,23 +103,23 @@ class Scheduler:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
 
-    def owner(self, prefix: tuple[str, ...]) -> tuple[str | None, int]:
-        """The upstream that last served the longest known part of ``prefix``, and how many of
-        its keys matched."""
+    def holders(self, prefix: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+        """The upstreams that recently served the longest known part of ``prefix`` (so have it
+        cached), and how many of its keys matched."""
         if self.affinity:
             for matched in range(len(prefix), 0, -1):
-                url = self._affinity.get(prefix[matched - 1])
-                if url is not None:
-                    return url, matched
-        return None, 0
+                urls = self._affinity.get(prefix[matched - 1])
+                if urls:
+                    return urls, matched
+        return (), 0
 
-    def waits_for_owner(self, prefix: tuple[str, ...], waited: float) -> str | None:
-        """The owner a request should still wait for: its prefix is long enough to be worth it
-        and it has waited less than ``affinity_wait``."""
+    def waits_for_holders(self, prefix: tuple[str, ...], waited: float) -> tuple[str, ...]:
+        """The holders a request should still wait for (none: it may go anywhere): its prefix is
+        long enough to be worth it and it has waited less than ``affinity_wait``."""
         if waited >= self.affinity_wait:
-            return None
-        url, matched = self.owner(prefix)
-        return url if self._worth_waiting(matched, waited) else None
+            return ()
+        urls, matched = self.holders(prefix)
+        return urls if self._worth_waiting(matched, waited) else ()
 
     def _worth_waiting(self, matched_keys: int, waited: float) -> bool:
         return matched_keys >= AFFINITY_WAIT_MIN_KEYS and waited < self.affinity_wait
@@ -126,13 +129,13 @@ class Scheduler:
     ) -> Upstream | None:
         now = time.monotonic()
         usable = [u for u in self.upstreams.values() if u.usable(now) and u.url not in exclude]
-        owner, matched = self.owner(prefix)
+        holders, matched = self.holders(prefix)
         chosen = choose(
             [u.candidate() for u in usable],
             self.policy,
             needs_slot=slot,
             turn=self._turn,
-            affinity_url=owner,
+            affinity_urls=holders,
             affinity_slack=self.affinity_slack,
             wait_for_affinity=slot and self._worth_waiting(matched, waited),
         )
@@ -147,7 +150,8 @@ class Scheduler:
             upstream.took_slot()
         if self.affinity:
             for key in prefix:
-                self._affinity[key] = upstream.url
+                urls = tuple(u for u in self._affinity.get(key, ()) if u != upstream.url)
+                self._affinity[key] = (*urls, upstream.url)[-AFFINITY_HOLDERS:]
                 self._affinity.move_to_end(key)
             while len(self._affinity) > AFFINITY_ENTRIES:
                 self._affinity.popitem(last=False)
@@ -207,7 +211,8 @@ class Scheduler:
             waiter = next(
                 (w for w in self.buffer
                  if not w.future.done() and w.needs_slot and upstream.url not in w.exclude
-                 and self.waits_for_owner(w.prefix, now - w.enqueued) in (None, upstream.url)),
+                 and upstream.url in (self.waits_for_holders(w.prefix, now - w.enqueued)
+                                      or (upstream.url,))),
                 None,
             )  # fmt: skip
             if waiter is None:
@@ -287,7 +292,7 @@ class Scheduler:
         future: asyncio.Future[Upstream] = loop.create_future()
         waiter = Waiter(slot, prefix, exclude, future)
         self.buffer.push(waiter)
-        if slot and self.waits_for_owner(prefix, 0.0) is not None:
+        if slot and self.waits_for_holders(prefix, 0.0):
             loop.call_later(self.affinity_wait, self.dispatch)  # then any upstream will do
         self.dispatch()  # older requests may be waiting for their owner, not for a slot
         self.hand_on()  # a generation already near its end can take it

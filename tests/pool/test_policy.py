@@ -57,29 +57,36 @@ def test_least_requests_ignores_slots() -> None:
 
 def test_affinity_wins_unless_much_busier() -> None:
     # the owner has one free slot, the best two: within the slack of one slot
-    chosen = choose(cands(1, 0), affinity_url=A)
+    chosen = choose(cands(1, 0), affinity_urls=(A,))
     assert chosen is not None
     assert chosen.url == A
     # the owner is full: go elsewhere rather than wait
-    chosen = choose(cands(2, 0), affinity_url=A)
+    chosen = choose(cands(2, 0), affinity_urls=(A,))
     assert chosen is not None
     assert chosen.url == B
     # much busier: 1 free of 8 against 8 free
-    chosen = choose(cands(7, 0, total=8), affinity_url=A, affinity_slack=2)
+    chosen = choose(cands(7, 0, total=8), affinity_urls=(A,), affinity_slack=2)
     assert chosen is not None
     assert chosen.url == B
 
 
 def test_a_full_owner_is_waited_for_only_when_asked() -> None:
-    assert choose(cands(2, 0), affinity_url=A, wait_for_affinity=True) is None
-    chosen = choose(cands(1, 0), affinity_url=A, wait_for_affinity=True)  # a slot free there
+    assert choose(cands(2, 0), affinity_urls=(A,), wait_for_affinity=True) is None
+    chosen = choose(cands(1, 0), affinity_urls=(A,), wait_for_affinity=True)  # a slot free there
     assert chosen is not None and chosen.url == A
-    chosen = choose(cands(2, 0), affinity_url="http://gone", wait_for_affinity=True)
+    chosen = choose(cands(2, 0), affinity_urls=("http://gone",), wait_for_affinity=True)
     assert chosen is not None and chosen.url == B  # an owner that is not usable is not waited for
 
 
+def test_any_free_holder_of_the_prefix_will_do() -> None:
+    # A (full) and B (one free) both hold the prefix, C is idle: B, and nothing to wait for
+    chosen = choose(cands(2, 1, 0), affinity_urls=(A, B), wait_for_affinity=True)
+    assert chosen is not None and chosen.url == B
+    assert choose(cands(2, 2, 0), affinity_urls=(A, B), wait_for_affinity=True) is None
+
+
 def test_affinity_to_unknown_upstream_falls_back() -> None:
-    chosen = choose(cands(1, 0), affinity_url="http://gone")
+    chosen = choose(cands(1, 0), affinity_urls=("http://gone",))
     assert chosen is not None
     assert chosen.url == B
 
