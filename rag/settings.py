@@ -116,10 +116,11 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a request may wait for a slot before 503."
     )
     pool_affinity_wait: float = Field(
-        1.0,
+        0.0,
         ge=0,
         description="Seconds a request with a long cached prefix (1 KiB or more) may wait for the "
-        "upstream holding it when that one is full, before it goes elsewhere (0: never).",
+        "upstreams holding it when they are full, before it goes elsewhere (0: never). Pays off "
+        "with many distinct prefixes; with a few hot ones it keeps them from spreading.",
     )
     pool_handoff_tokens: int = Field(
         2,

@@ -34,10 +34,11 @@ class BalancerSettings(BaseSettings):
         1, ge=0, description="Free slots the affinity upstream may lag behind the freest one."
     )
     affinity_wait: float = Field(
-        1.0,
+        0.0,
         ge=0,
         description="Seconds a request with a long cached prefix (1 KiB or more) may wait for the "
-        "upstream holding it when that one is full, before it goes elsewhere (0: never).",
+        "upstreams holding it when they are full, before it goes elsewhere (0: never). Pays off "
+        "with many distinct prefixes; with a few hot ones it keeps them from spreading.",
     )
     affinity_block_chars: int = Field(
         256, ge=16, description="Granularity in characters of the prompt prefixes compared."

@@ -64,7 +64,7 @@ class Pool:
         affinity: bool = True,
         affinity_slack: int = 1,
         handoff_tokens: int = 2,
-        affinity_wait: float = 1.0,
+        affinity_wait: float = 0.0,
     ) -> None:
         self.name = name
         self.http = http
