@@ -20,7 +20,7 @@ another has a free slot. For a long shared prefix (a RAG prompt's system prompt 
 evaluating it again elsewhere costs more than waiting a moment, so such a request waits in the
 buffer up to ``affinity_wait`` seconds for one of them, then takes any free slot. Other requests
 are not held up: the buffer hands free slots to whichever waiting request may take them, oldest
-first.
+first. Off by default: with a few hot prefixes it keeps each on one server while others idle.
 """
 
 from __future__ import annotations
