@@ -36,6 +36,9 @@ from bench.pool.common import (
     closed_loop,
     llama_servers,
     machine,
+    mean,
+    p50,
+    paired_ratio_interval,
     publish,
     stop_on_sigterm,
     summary,
@@ -104,6 +107,7 @@ def main() -> None:
     sets = source_sets(args.sets)
     variants = {"with affinity": "true", "without affinity": "false"}
     samples: dict[str, list[Sample]] = {name: [] for name in variants}
+    rounds: dict[str, list[list[float]]] = {name: [] for name in variants}  # TTFTs per round
     env = machine()
     with (
         workdir("bench-pool-affinity-") as tmp,
@@ -116,6 +120,7 @@ def main() -> None:
                 with balancer(upstreams, workdir=tmp, affinity=variants[name]) as url:
                     got, wall = asyncio.run(closed_loop(url, loads))
                 samples[name].extend(got)
+                rounds[name].append([s.ttft for s in got if s.ok])
                 print(f"{name}: {wall:.1f} s, {sum(not s.ok for s in got)} errors", flush=True)
     result: dict[str, Any] = {
         "benchmark": "pool-affinity",
@@ -145,6 +150,13 @@ def main() -> None:
         "cached_tokens": with_["cached_tokens"] / max(1, without["cached_tokens"]),
     }
     result["ratio_with_to_without"] = ratios
+    intervals = {
+        "ttft_mean": paired_ratio_interval(
+            rounds["with affinity"], rounds["without affinity"], mean
+        ),
+        "ttft_p50": paired_ratio_interval(rounds["with affinity"], rounds["without affinity"], p50),
+    }
+    result["ratio_with_to_without_95ci"] = intervals
     result["goal_affinity_improves_ttft"] = ratios["ttft_mean"] < 1.0
     rows = [
         f"| {name} | {v['ttft_s']['mean']:.2f} | {v['ttft_s']['p50']:.2f} | "
@@ -176,9 +188,11 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"Ratios with / without affinity: mean TTFT {ratios['ttft_mean']:.2f}, p50 "
-        f"{ratios['ttft_p50']:.2f}, p99 {ratios['ttft_p99']:.2f}; cached prompt tokens "
-        f"{ratios['cached_tokens']:.2f}x.",
+        f"Ratios with / without affinity: mean TTFT {ratios['ttft_mean']:.2f} "
+        f"(95% bootstrap interval over rounds {intervals['ttft_mean'][0]:.2f}-"
+        f"{intervals['ttft_mean'][1]:.2f}), p50 {ratios['ttft_p50']:.2f} "
+        f"({intervals['ttft_p50'][0]:.2f}-{intervals['ttft_p50'][1]:.2f}), p99 "
+        f"{ratios['ttft_p99']:.2f}; cached prompt tokens {ratios['cached_tokens']:.2f}x.",
         "",
         "Goal: affinity improves time to first token: "
         f"**{'met' if result['goal_affinity_improves_ttft'] else 'missed'}**.",

@@ -83,6 +83,10 @@ def mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def p50(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
 def p99(values: Sequence[float]) -> float:
     return percentile(values, 99)
 
