@@ -68,15 +68,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (children run it first).
+def die_with_parent(parent: int | None = None, *, sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (children run it
+    first).
 
     A child that runs this late (a spawned pool process, after its imports) passes its parent's
     pid: if that parent died before the request took effect, the child exits now."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, sig)
     if parent is not None and os.getppid() != parent:
         os._exit(0)
+
+
+def _die_with_service() -> None:
+    # SIGKILL, not SIGTERM: nobody is left to answer, and llama-server can hang in its own
+    # shutdown (seen once in CI: HTTP threads gone, main thread on a futex, SIGTERM blocked)
+    die_with_parent(sig=signal.SIGKILL)
 
 
 class Supervisor:
@@ -173,7 +180,7 @@ class Supervisor:
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=_die_with_service,
             )
         except OSError as exc:
             logfile.close()
