@@ -37,6 +37,7 @@ from bench.pool.common import (
     llama_servers,
     machine,
     mean,
+    orders,
     p50,
     paired_ratio_interval,
     publish,
@@ -113,8 +114,7 @@ def main() -> None:
         workdir("bench-pool-affinity-") as tmp,
         llama_servers(2, slots=2, ctx=4096, workdir=tmp, cache_ram_mib=args.cache_ram) as upstreams,
     ):
-        for repeat in range(args.repeats):
-            names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
+        for repeat, names in enumerate(orders(variants, args.repeats)):
             for name in names:
                 loads = workloads(sets, args.questions, args.clients, salt=f"{repeat}-{name}")
                 with balancer(upstreams, workdir=tmp, affinity=variants[name]) as url:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,14 @@ def p50(values: Sequence[float]) -> float:
 
 def p99(values: Sequence[float]) -> float:
     return percentile(values, 99)
+
+
+def orders(names: Iterable[str], repeats: int) -> Iterator[list[str]]:
+    """The variants' running order per round, alternating (A B C, then C B A, ...), so that no
+    variant always runs first or last on a machine whose state drifts."""
+    listed = list(names)
+    for repeat in range(repeats):
+        yield listed if repeat % 2 == 0 else listed[::-1]
 
 
 def machine() -> dict[str, Any]:

@@ -19,7 +19,7 @@ import asyncio
 import os
 import re
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from bench.pool.common import (
     llama_servers,
     machine,
     nginx_least_conn,
+    orders,
     percentile,
     publish,
     stop_on_sigterm,
@@ -77,12 +78,6 @@ def slot_gaps(log: bytes) -> tuple[list[float], list[float]]:
     return gaps, prompt_ms
 
 
-def orders(repeats: int) -> Iterator[list[str]]:
-    names = list(VARIANTS)
-    for repeat in range(repeats):
-        yield names if repeat % 2 == 0 else names[::-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -98,7 +93,7 @@ def main() -> None:
         llama_servers(2, slots=2, ctx=1024, workdir=tmp) as upstreams,
     ):
         logs = [tmp / f"llama-{index}.log" for index in range(len(upstreams))]
-        for order in orders(args.repeats):
+        for order in orders(VARIANTS, args.repeats):
             for name in order:
                 with VARIANTS[name](upstreams, tmp) as url:
                     starts = [log.stat().st_size for log in logs]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from bench.pool.common import (
     mean,
     nginx_least_conn,
     open_loop,
+    orders,
     p99,
     paired_ratio_interval,
     publish,
@@ -97,12 +98,6 @@ VARIANTS: dict[str, Variant] = {
 BASELINE = "least_conn (nginx)"
 
 
-def orders(repeats: int) -> Iterator[list[str]]:
-    names = list(VARIANTS)
-    for repeat in range(repeats):
-        yield names if repeat % 2 == 0 else names[::-1]
-
-
 def verdict(ratio: float, interval: tuple[float, float]) -> str:
     """A TTFT ratio against the baseline: met (<= 1), within noise (the interval reaches 1) or
     missed."""
@@ -134,7 +129,7 @@ def main() -> None:
         workdir("bench-pool-policies-") as tmp,
         llama_servers(2, slots=2, ctx=1024, workdir=tmp) as upstreams,
     ):
-        for order in orders(args.repeats):
+        for order in orders(VARIANTS, args.repeats):
             for name in order:
                 with VARIANTS[name](upstreams, tmp) as url:
                     if args.load == "closed":
