@@ -116,10 +116,16 @@ class Scheduler:
     def waits_for_holders(self, prefix: tuple[str, ...], waited: float) -> tuple[str, ...]:
         """The holders a request should still wait for (none: it may go anywhere): its prefix is
         long enough to be worth it and it has waited less than ``affinity_wait``."""
-        if waited >= self.affinity_wait:
-            return ()
         urls, matched = self.holders(prefix)
         return urls if self._worth_waiting(matched, waited) else ()
+
+    def _may_take(self, waiter: Waiter, url: str, now: float) -> bool:
+        """Whether ``waiter`` may go to ``url``: not excluded, and not waiting for other holders
+        of its prefix."""
+        if url in waiter.exclude:
+            return False
+        holders = self.waits_for_holders(waiter.prefix, now - waiter.enqueued)
+        return not holders or url in holders
 
     def _worth_waiting(self, matched_keys: int, waited: float) -> bool:
         return matched_keys >= AFFINITY_WAIT_MIN_KEYS and waited < self.affinity_wait
@@ -210,9 +216,7 @@ class Scheduler:
                 continue
             waiter = next(
                 (w for w in self.buffer
-                 if not w.future.done() and w.needs_slot and upstream.url not in w.exclude
-                 and upstream.url in (self.waits_for_holders(w.prefix, now - w.enqueued)
-                                      or (upstream.url,))),
+                 if not w.future.done() and w.needs_slot and self._may_take(w, upstream.url, now)),
                 None,
             )  # fmt: skip
             if waiter is None:
@@ -224,6 +228,10 @@ class Scheduler:
             if not len(self.buffer):
                 break
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
+
+    def _slot_free(self) -> bool:
+        now = time.monotonic()
+        return any(u.usable(now) and u.candidate().slots_free > 0 for u in self.upstreams.values())
 
     def refresh(self) -> None:
         """After a poll: serve waiting requests and export every upstream's state."""
@@ -294,7 +302,8 @@ class Scheduler:
         self.buffer.push(waiter)
         if slot and self.waits_for_holders(prefix, 0.0):
             loop.call_later(self.affinity_wait, self.dispatch)  # then any upstream will do
-        self.dispatch()  # older requests may be waiting for their owner, not for a slot
+        if self._slot_free():  # older requests may be waiting for their prefix's holders
+            self.dispatch()
         self.hand_on()  # a generation already near its end can take it
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
         try:
