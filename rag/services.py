@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-import httpx
-
 from ingest.blobs import BlobStore
 from ingest.chunking import ChunkingOptions
 from ingest.pipeline import IngestOptions, prepare_parse_process
@@ -25,7 +23,7 @@ from ingest.worker import Workers
 from rag.embeddings import Embedder
 from rag.metrics import Metrics
 from rag.pool import Pool
-from rag.pool.client import pool_client
+from rag.pool.client import PoolClient, pool_client
 from rag.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
 from rag.search import Searcher
@@ -49,8 +47,8 @@ class Services:
 
     settings: Settings
     metrics: Metrics
-    embedding_http: httpx.AsyncClient
-    generation_http: httpx.AsyncClient
+    embedding_http: PoolClient
+    generation_http: PoolClient
     embedding_pool: Pool
     generation_pool: Pool
     registry: Registry
@@ -75,7 +73,7 @@ def ingest_options(settings: Settings) -> IngestOptions:
     )
 
 
-def _pool(name: str, settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Pool:
+def _pool(name: str, settings: Settings, http: PoolClient, metrics: Metrics) -> Pool:
     return Pool(
         name,
         http,

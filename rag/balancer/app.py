@@ -1,8 +1,10 @@
 """The balancer app factory: ``create_balancer_app(settings)``.
 
-Its lifespan owns the one ``httpx.AsyncClient`` to the upstreams and the ``Pool``. The proxied
-llama.cpp / OpenAI endpoints are answered by ``proxy.ProxyApp`` (plain ASGI, the hot path); the
-FastAPI routes (``routes.py``) serve health, pool status and membership, and metrics.
+The FastAPI app's lifespan owns the one client to the upstreams and the ``Pool``; its routes
+(``routes.py``) serve health, pool status and membership, metrics and ``/docs``. The proxied
+llama.cpp / OpenAI endpoints are answered by ``proxy.ProxyApp`` (plain ASGI, the hot path) in
+front of it, under only the request-id and catch-all middlewares: FastAPI's own middleware stack
+(error, telemetry and body-limit layers) is skipped on every proxied request.
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from starlette.types import ASGIApp
 
 from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
 from rag.balancer.settings import BalancerSettings
-from rag.errors import install_error_handlers
+from rag.errors import CatchAllMiddleware, install_error_handlers
 from rag.pool import Pool, PoolMetrics, UpstreamRejected
 from rag.pool.client import pool_client
 from rag.requestid import RequestIdMiddleware
 
 
-def create_balancer_app(settings: BalancerSettings) -> FastAPI:
+def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
     metrics = PoolMetrics()
 
     @asynccontextmanager
@@ -70,13 +73,6 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_exception_handler(UpstreamRejected, _on_rejected)
-    app.add_middleware(
-        ProxyApp,
-        fastapi=app,
-        affinity=settings.affinity,
-        block=settings.affinity_block_chars,
-    )
-    app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
 
     def openapi() -> dict[str, Any]:
@@ -87,7 +83,8 @@ def create_balancer_app(settings: BalancerSettings) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    proxy = ProxyApp(app, affinity=settings.affinity, block=settings.affinity_block_chars)
+    return RequestIdMiddleware(CatchAllMiddleware(proxy))
 
 
 async def _on_rejected(request: Request, exc: Exception) -> Response:

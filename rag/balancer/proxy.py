@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from rag.errors import RagError, error_response
 from rag.pool import Pool, UpstreamRejected
@@ -51,9 +51,8 @@ def proxied(method: str, path: str) -> bool:
 class ProxyApp:
     """Serves the proxied endpoints from ``app.state.pool``; passes the rest to ``app``."""
 
-    def __init__(self, app: ASGIApp, fastapi: FastAPI, *, affinity: bool, block: int) -> None:
+    def __init__(self, app: FastAPI, *, affinity: bool, block: int) -> None:
         self.app = app
-        self.fastapi = fastapi
         self.affinity = affinity
         self.block = block
 
@@ -61,7 +60,7 @@ class ProxyApp:
         if scope["type"] != "http" or not proxied(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        pool: Pool = self.fastapi.state.pool
+        pool: Pool = self.app.state.pool
         body = await _read_body(receive)
         path: str = scope["path"]
         prefix: tuple[str, ...] = ()

@@ -20,6 +20,7 @@ import httpx
 
 from rag.errors import NotFound, UpstreamFailed, UpstreamUnavailable
 from rag.pool.budget import token_budget
+from rag.pool.client import PoolClient
 from rag.pool.errors import UpstreamRejected
 from rag.pool.metrics import PoolMetrics
 from rag.pool.policy import check_policy
@@ -53,7 +54,7 @@ class Pool:
     def __init__(
         self,
         name: str,
-        http: httpx.AsyncClient,
+        http: PoolClient,
         *,
         policy: str = "slots",
         poll_interval: float = 0.5,
@@ -212,10 +213,9 @@ class Pool:
             started = time.perf_counter()
             response: httpx.Response | None = None
             try:
-                request = self.http.build_request(
+                response = await self.http.open(
                     method, upstream.url + path, json=json, content=content, headers=headers
                 )
-                response = await self.http.send(request, stream=True)
                 if response.status_code < 500 and read_body:
                     await response.aread()
             except _RETRYABLE as exc:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.pool.client import pool_client
+from rag.pool.client import PoolClient, pool_client
 from rag.runtime.build import ensure_llama_server
 from rag.runtime.models import ensure_generation_model
 from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
@@ -51,7 +51,7 @@ async def start_servers(
 
 
 @pytest.fixture(scope="session")
-async def pool_http() -> AsyncIterator[httpx.AsyncClient]:
+async def pool_http() -> AsyncIterator[PoolClient]:
     """The client the service and the balancer hand their pools (aiohttp underneath)."""
     async with pool_client(connect=2.0, read=120.0) as http:
         yield http
@@ -59,7 +59,7 @@ async def pool_http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 async def upstreams(
-    base_settings: Settings, binaries: Binaries, pool_http: httpx.AsyncClient
+    base_settings: Settings, binaries: Binaries, pool_http: PoolClient
 ) -> AsyncIterator[list[str]]:
     """Two real generation llama-servers with two slots each, for the whole session."""
     supervisor = await start_servers(base_settings, binaries, ["pool-a", "pool-b"], pool_http)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from rag.pool import Pool
+from rag.pool.client import PoolClient
 from rag.pool.prefix import prefix_chain
 from rag.settings import Settings
 from tests.pool.conftest import Binaries, busy_slots, start_servers, wait_for
@@ -34,7 +35,7 @@ async def hold_direct(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -
             await asyncio.Event().wait()
 
 
-async def healthy_pool(http: httpx.AsyncClient, urls: list[str], **options: Any) -> Pool:
+async def healthy_pool(http: PoolClient, urls: list[str], **options: Any) -> Pool:
     pool = Pool("test", http, **options)
     for url in urls:
         pool.add_upstream(url)
@@ -53,7 +54,7 @@ async def cancel(*tasks: asyncio.Task[Any]) -> None:
 
 
 async def test_spread_by_free_slots_and_buffer_served_when_a_slot_frees(
-    upstreams: list[str], pool_http: httpx.AsyncClient, hold_body: dict[str, Any]
+    upstreams: list[str], pool_http: PoolClient, hold_body: dict[str, Any]
 ) -> None:
     a, b = upstreams
     # another client holds one slot of A; the pool learns it from /slots
@@ -93,7 +94,7 @@ async def _idle(http: httpx.AsyncClient, url: str) -> bool:
 
 
 async def test_cancelled_stream_frees_the_slot_at_once(
-    upstreams: list[str], pool_http: httpx.AsyncClient, hold_body: dict[str, Any]
+    upstreams: list[str], pool_http: PoolClient, hold_body: dict[str, Any]
 ) -> None:
     pool = await healthy_pool(pool_http, upstreams[:1], poll_interval=0.2)
     try:
@@ -112,7 +113,7 @@ async def test_killed_upstream_is_taken_out_and_pending_requests_fail_over(
     base_settings: Settings,
     binaries: Binaries,
     upstreams: list[str],
-    pool_http: httpx.AsyncClient,
+    pool_http: PoolClient,
 ) -> None:
     supervisor = await start_servers(base_settings, binaries, ["pool-victim"], pool_http)
     victim = supervisor.children[0]
@@ -147,7 +148,7 @@ async def _busy_at_least(http: httpx.AsyncClient, url: str, n: int) -> bool:
 
 
 async def test_a_waiting_request_is_sent_ahead_as_a_generation_nears_its_end(
-    upstreams: list[str], pool_http: httpx.AsyncClient
+    upstreams: list[str], pool_http: PoolClient
 ) -> None:
     """Early handoff on a real server: with both slots held by streams, the buffered request is
     sent to llama-server while they still run (it waits in the server's own queue) and is
@@ -176,7 +177,7 @@ async def test_a_waiting_request_is_sent_ahead_as_a_generation_nears_its_end(
 
 
 async def test_a_long_shared_prefix_waits_for_the_server_that_holds_it(
-    upstreams: list[str], pool_http: httpx.AsyncClient
+    upstreams: list[str], pool_http: PoolClient
 ) -> None:
     """Prefix affinity on real servers: with the owner of a long prefix full, a request with the
     same prefix waits for it (while the other server stays free) and then re-uses its cache; a

@@ -15,6 +15,7 @@ import pytest
 
 from rag.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
 from rag.pool import Pool, UpstreamRejected
+from rag.pool.client import PoolClient
 from rag.pool.membership import follow_supervisor
 from rag.pool.policy import POLICIES
 from rag.runtime.supervisor import ChildSpec, ChildState, Supervisor
@@ -74,7 +75,7 @@ async def fakes() -> AsyncIterator[dict[str, FakeLlama]]:
 
 
 async def started_pool(fakes: dict[str, FakeLlama], **options: float) -> Pool:
-    http = httpx.AsyncClient(transport=transport(fakes), timeout=httpx.Timeout(5.0))
+    http = PoolClient(transport=transport(fakes), timeout=httpx.Timeout(5.0))
     pool = Pool("test", http, poll_interval=0.05, **options)  # type: ignore[arg-type]
     for url in fakes:
         pool.add_upstream(url)
@@ -193,7 +194,7 @@ async def test_4xx_is_passed_on_and_5xx_fails_over(fakes: dict[str, FakeLlama]) 
 
 async def test_no_upstream_is_503_and_draining_removal() -> None:
     fake = FakeLlama()
-    http = httpx.AsyncClient(transport=transport({"http://a": fake}), timeout=httpx.Timeout(5.0))
+    http = PoolClient(transport=transport({"http://a": fake}), timeout=httpx.Timeout(5.0))
     pool = Pool("empty", http, poll_interval=0.05)
     await pool.start()
     try:
@@ -233,7 +234,7 @@ async def test_loading_upstream_is_not_chosen() -> None:
 async def test_supervised_children_join_and_leave(tmp_path: Path) -> None:
     spec = ChildSpec("gen-0", "generation", (), 1)
     other = ChildSpec("emb-0", "embedding", (), 2)
-    async with httpx.AsyncClient(transport=transport({}), timeout=httpx.Timeout(1.0)) as http:
+    async with PoolClient(transport=transport({}), timeout=httpx.Timeout(1.0)) as http:
         supervisor = Supervisor(Path("/bin/true"), [spec, other], logs_dir=tmp_path, http=http)
         pool = Pool("generation", http)
         follow_supervisor(pool, supervisor, "generation")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from rag.pool import Pool
-from rag.pool.client import pool_client
+from rag.pool.client import PoolClient, pool_client
 from rag.runtime.supervisor import free_port
 from tests.pool.conftest import wait_for
 
@@ -194,7 +194,7 @@ async def test_closing_an_unfinished_response_closes_its_connection(
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_stream_fails_over_when_the_upstream_hangs_up_before_the_first_byte(
-    server: ScriptedServer, upstreams: list[str], pool_http: httpx.AsyncClient
+    server: ScriptedServer, upstreams: list[str], pool_http: PoolClient
 ) -> None:
     pool = Pool("t", pool_http, poll_interval=0.2)
     pool.add_upstream(server.url)  # four free slots: the first choice
@@ -220,7 +220,7 @@ def _all_healthy(pool: Pool) -> bool:
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_streamed_requests_in_a_row_survive_the_servers_hang_ups(
-    upstreams: list[str], pool_http: httpx.AsyncClient
+    upstreams: list[str], pool_http: PoolClient
 ) -> None:
     """llama-server closes a kept-alive connection after a streamed answer now and then (seen
     after 5 to 50 such requests); the transport sends the next request again instead of
