@@ -114,8 +114,9 @@ class ProxyApp:
                 ]
                 start = {"type": "http.response.start", "status": upstream.status_code}
                 if "content-length" in upstream.headers and not _is_sse(upstream):
-                    # a whole answer: one write for the headers, one for the body
-                    content = await upstream.aread()
+                    # a whole answer: one write for the headers, one for the body; raw bytes,
+                    # as sent (aread would decode a compressed body under its encoding header)
+                    content = b"".join([chunk async for chunk in upstream.aiter_raw()])
                     headers_out.append((b"content-length", str(len(content)).encode()))
                     started = answered = True
                     await send({**start, "headers": headers_out})
