@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from rag.runtime.children import embedding_args, generation_args
 from rag.runtime.prepare import PreparedRuntime, prepare_runtime
@@ -126,7 +126,7 @@ def postgres_url() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: FastAPI) -> AsyncIterator[str]:
+async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on a free loopback port, lifespan included; yield its URL."""
     port = free_port()
     server = uvicorn.Server(

@@ -8,16 +8,18 @@ closes a kept-alive connection after a streamed answer."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from rag.balancer import BalancerSettings, create_balancer_app
 from rag.pool import Pool
 from rag.pool.client import PoolClient, pool_client
 from rag.runtime.supervisor import free_port
-from tests.pool.conftest import wait_for
+from tests.pool.conftest import serving, wait_for
 
 
 class ScriptedServer:
@@ -94,12 +96,19 @@ class ScriptedServer:
                 writer.write(_chunk(b"data: more\n\n"))
                 await writer.drain()
                 await asyncio.sleep(0.01)
+        if path == "/detokenize":  # compressed, as a proxy in front of a server might send it
+            body = _GZIPPED
+            head = _head(200, length=len(body)).replace(b"\r\n\r\n", b"\r\n")
+            writer.write(head + b"Content-Encoding: gzip\r\n\r\n" + body)
+            await writer.drain()
+            return True
         body = _LLAMA.get(path, b"hello")
         writer.write(_head(200, length=len(body)) + body)
         await writer.drain()
         return True
 
 
+_GZIPPED = gzip.compress(b'{"content": "hello"}', mtime=0)
 _LLAMA = {  # what the pool's poller reads: healthy, four free slots (more than a real server's two)
     "/health": json.dumps({"status": "ok"}).encode(),
     "/props": json.dumps({"total_slots": 4, "model_path": "fake.gguf"}).encode(),
@@ -239,3 +248,25 @@ async def test_streamed_requests_in_a_row_survive_the_servers_hang_ups(
         assert pool.metrics.failovers.labels("t")._value.get() == 0
     finally:
         await pool.stop()
+
+
+async def test_the_balancer_passes_a_compressed_answer_on_byte_for_byte(
+    server: ScriptedServer,
+) -> None:
+    app = create_balancer_app(BalancerSettings(upstreams=[server.url], poll_interval=0.1))
+    async with serving(app) as url, httpx.AsyncClient(timeout=5.0) as http:
+        assert await wait_for(lambda: _status_ok(http, url), within=10), (
+            "the scripted upstream never became healthy"
+        )
+        raw = b""
+        async with http.stream("POST", f"{url}/detokenize", json={"tokens": [1]}) as response:
+            assert response.headers["content-encoding"] == "gzip"
+            async for chunk in response.aiter_raw():
+                raw += chunk
+        assert raw == _GZIPPED
+        decoded = await http.post(f"{url}/detokenize", json={"tokens": [1]})
+        assert decoded.json() == {"content": "hello"}
+
+
+async def _status_ok(http: httpx.AsyncClient, url: str) -> bool:
+    return (await http.get(f"{url}/health")).status_code == 200
