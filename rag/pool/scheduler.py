@@ -30,8 +30,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from prometheus_client import Gauge
-
 from rag.errors import RateLimited, UpstreamUnavailable
 from rag.pool.buffer import Waiter, WaitQueue
 from rag.pool.metrics import PoolMetrics
@@ -85,7 +83,7 @@ class Scheduler:
         self._affinity: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # key -> holders
         self._ending: dict[Lease, None] = {}  # leases near their budget, not handed on yet
         self._turn = 0
-        self._gauges: dict[str, tuple[Gauge, Gauge, Gauge]] = {}
+        metrics.upstreams.watch(name, self.upstreams)
 
     def forget(self, url: str) -> None:
         """Drop ``url`` from the membership and the affinity table."""
@@ -93,8 +91,6 @@ class Scheduler:
         self.idle.pop(url, None)
         holders = ((k, tuple(u for u in v if u != url)) for k, v in self._affinity.items())
         self._affinity = OrderedDict((k, v) for k, v in holders if v)
-        self._gauges.pop(url, None)
-        self.metrics.forget_upstream(self.name, url)
         self.dispatch()
 
     def fail_waiters(self, error: Exception) -> None:
@@ -161,7 +157,6 @@ class Scheduler:
                 self._affinity.move_to_end(key)
             while len(self._affinity) > AFFINITY_ENTRIES:
                 self._affinity.popitem(last=False)
-        self.export(upstream)
 
     def release(self, lease: Lease) -> None:
         self._ending.pop(lease, None)
@@ -171,7 +166,6 @@ class Scheduler:
             upstream.gave_slot()
         if upstream.requests == 0 and upstream.url in self.idle:
             self.idle[upstream.url].set()
-        self.export(upstream)
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -234,23 +228,8 @@ class Scheduler:
         return any(u.usable(now) and u.candidate().slots_free > 0 for u in self.upstreams.values())
 
     def refresh(self) -> None:
-        """After a poll: serve waiting requests and export every upstream's state."""
+        """After a poll: serve waiting requests."""
         self.dispatch()
-        for upstream in self.upstreams.values():
-            self.export(upstream)
-
-    def export(self, upstream: Upstream) -> None:
-        gauges = self._gauges.get(upstream.url)
-        if gauges is None:
-            labels = (self.name, upstream.url)
-            gauges = self._gauges[upstream.url] = (
-                self.metrics.slots_busy.labels(*labels),
-                self.metrics.slots_total.labels(*labels),
-                self.metrics.upstream_up.labels(*labels),
-            )
-        gauges[0].set(upstream.slots_busy)
-        gauges[1].set(upstream.slots_total)
-        gauges[2].set(1 if upstream.usable(time.monotonic()) else 0)
 
     def none_can_serve(self, exclude: frozenset[str]) -> float | None:
         """Seconds to suggest retrying after if no upstream could serve soon, else None."""

@@ -17,6 +17,7 @@ llama-server notices and stops generating.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -68,6 +69,18 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
+def _client_timeout(timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:
+    """httpx's timeouts (a request's ``timeout`` extension) as aiohttp's."""
+    return _aiohttp_timeout(timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
+
+
+@functools.lru_cache(maxsize=64)
+def _aiohttp_timeout(
+    pool: float | None, connect: float | None, read: float | None
+) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int, keepalive_expiry: float) -> None:
         self._max_connections = max_connections
@@ -80,9 +93,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
             )
+            # no cookie jar: a proxy must not keep one upstream answer's cookies for the next
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, trust_env=False
-            )
+                connector=connector, auto_decompress=False, trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )  # fmt: skip
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -115,7 +130,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _send(
         self, request: httpx.Request, data: bytes | httpx.AsyncByteStream | None
     ) -> aiohttp.ClientResponse:
-        timeout = request.extensions.get("timeout", {})
         with _mapped(request):
             return await self._client().request(
                 request.method,
@@ -124,12 +138,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=data,
                 allow_redirects=False,
                 compress=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=_client_timeout(request.extensions.get("timeout", {})),
             )
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from rag.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
 from rag.pool import Pool, UpstreamRejected
@@ -98,6 +99,10 @@ async def test_spreads_by_slots_buffers_and_serves_in_order(fakes: dict[str, Fak
         status = pool.status()
         assert [u["slots_busy"] for u in status["upstreams"]] == [1, 1]
         assert status["buffered"] == 2
+        scraped = generate_latest(pool.metrics.registry).decode()
+        for url in fakes:
+            assert f'rag_pool_slots_busy{{pool="test",upstream="{url}"}} 1.0' in scraped
+            assert f'rag_pool_upstream_up{{pool="test",upstream="{url}"}} 1.0' in scraped
         with pytest.raises(RateLimited):
             await pool.request("POST", "/completion", json={"n": 99})
         for fake in fakes.values():
@@ -106,6 +111,14 @@ async def test_spreads_by_slots_buffers_and_serves_in_order(fakes: dict[str, Fak
         assert [a.json()["echo"]["n"] for a in answers] == [0, 1, 2, 3]
         assert pool.status()["buffered"] == 0
         assert sum(u["requests_in_flight"] for u in pool.status()["upstreams"]) == 0
+        scraped = generate_latest(pool.metrics.registry).decode()
+        assert 'rag_pool_slots_busy{pool="test",upstream="http://a"} 0.0' in scraped
+        await pool.remove_upstream("http://a")
+        scraped = generate_latest(pool.metrics.registry).decode()
+        gauges = ("rag_pool_slots_busy{", "rag_pool_slots_total{", "rag_pool_upstream_up{")
+        state = [line for line in scraped.splitlines() if line.startswith(gauges)]
+        assert len(state) == 3 and all('upstream="http://b"' in line for line in state)
+        assert 'rag_pool_slots_total{pool="test",upstream="http://b"} 1.0' in scraped
     finally:
         await pool.stop()
         await pool.http.aclose()
