@@ -50,7 +50,7 @@ class PoolClient(httpx.AsyncClient):
             extensions={"timeout": self._timeouts},
         )  # fmt: skip
         response = await self.upstream_transport.handle_async_request(request)
-        response.request = request
+        response.request = request  # a MockTransport in tests leaves it unset
         return response
 
 

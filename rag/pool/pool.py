@@ -167,7 +167,7 @@ class Pool:
                 self._upstreams[url],
                 interval=self.poll_interval,
                 wake=wake,
-                on_change=self.scheduler.refresh,
+                on_change=self.scheduler.dispatch,  # a poll may show freed slots
             ),
             name=f"pool-{self.name}-poll-{url}",
         )

@@ -227,10 +227,6 @@ class Scheduler:
         now = time.monotonic()
         return any(u.usable(now) and u.candidate().slots_free > 0 for u in self.upstreams.values())
 
-    def refresh(self) -> None:
-        """After a poll: serve waiting requests."""
-        self.dispatch()
-
     def none_can_serve(self, exclude: frozenset[str]) -> float | None:
         """Seconds to suggest retrying after if no upstream could serve soon, else None."""
         members = [u for u in self.upstreams.values() if not u.draining and u.url not in exclude]
