@@ -1,7 +1,7 @@
 """Prefix affinity on a RAG-like load: many questions over a few shared sets of sources.
 
-    .venv/bin/python -m bench.pool.affinity [--sets 4] [--questions 6] [--clients 3] [--repeats 2]
-        [--cache-ram MIB]
+    .venv/bin/python -m bench.pool.affinity [--sets 16] [--questions 3] [--clients 3]
+        [--repeats 4] [--cache-ram MIB]
 
 Two llama-servers (SmolLM2-135M, ``-np 2 -c 4096``). Each prompt is a system prompt, one of
 ``--sets`` source sets (SciFact abstracts from ../shared/data, about 400 tokens) and one of
@@ -17,8 +17,11 @@ KV cache per token, so 8 GiB holds every source set here and affinity has little
 production model needs far more per token (an 8B model with grouped-query attention about
 128 KB), so its 8 GiB holds a few dozen prompts. ``--cache-ram 0`` measures servers whose host
 cache cannot hold the working set, where only the slots' own KV cache can be re-used.
-Results: docs/benchmarks/pool-affinity.{json,md,png} (``pool-affinity-cache-ram-N.*`` with
-``--cache-ram N``).
+The default load (16 sets, 3 questions each) has more source sets than the servers' slots and
+more than one server keeps hot, as a shared RAG service sees; with ``--sets 4`` every server soon
+holds every set in its host cache and affinity is neutral (docs/benchmarks/README.md).
+Results: docs/benchmarks/pool-affinity.{json,md,png}; other loads add ``-sets-N`` and
+``-cache-ram-N`` to the name.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from bench.pool.common import (
 
 SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact" / "corpus.jsonl"
 SOURCE_CHARS = 1700
+DEFAULT_LOAD = (16, 3, 3, 4)  # source sets, questions per set, clients, rounds per variant
 SYSTEM = (
     "You are a careful assistant. Answer the question using only the numbered sources below. "
     "Cite the sources you use by number. If the sources do not answer it, say you do not know."
@@ -96,10 +100,10 @@ def workloads(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", type=int, default=4)
-    parser.add_argument("--questions", type=int, default=6)
-    parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sets", type=int, default=DEFAULT_LOAD[0])
+    parser.add_argument("--questions", type=int, default=DEFAULT_LOAD[1])
+    parser.add_argument("--clients", type=int, default=DEFAULT_LOAD[2])
+    parser.add_argument("--repeats", type=int, default=DEFAULT_LOAD[3])
     parser.add_argument(
         "--cache-ram", type=int, default=None, help="llama-server --cache-ram in MiB (0: off)"
     )
@@ -165,7 +169,7 @@ def main() -> None:
         for name, v in result["variants"].items()
     ]
     command = ".venv/bin/python -m bench.pool.affinity"
-    if (args.sets, args.questions, args.clients, args.repeats) != (4, 6, 3, 2):
+    if (args.sets, args.questions, args.clients, args.repeats) != DEFAULT_LOAD:
         command += (
             f" --sets {args.sets} --questions {args.questions} --clients {args.clients}"
             f" --repeats {args.repeats}"
@@ -202,9 +206,11 @@ def main() -> None:
         "p99 TTFT": {"with/without": ratios["ttft_p99"]},
         "cached tokens": {"with/without": ratios["cached_tokens"]},
     }
-    name = (
-        "pool-affinity" if args.cache_ram is None else f"pool-affinity-cache-ram-{args.cache_ram}"
-    )
+    name = "pool-affinity"
+    if args.sets != DEFAULT_LOAD[0]:
+        name += f"-sets-{args.sets}"
+    if args.cache_ram is not None:
+        name += f"-cache-ram-{args.cache_ram}"
     publish(name, result, lines, env=env, title="Prefix affinity: with / without",
             groups=groups, ylabel="ratio with / without")  # fmt: skip
 

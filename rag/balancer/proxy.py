@@ -25,6 +25,7 @@ from rag.errors import RagError, error_response
 from rag.pool import Pool, UpstreamRejected
 from rag.pool.budget import token_budget
 from rag.pool.prefix import request_prefix
+from rag.pool.proxy import raw_chunks
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class ProxyApp:
                 if "content-length" in upstream.headers and not _is_sse(upstream):
                     # a whole answer: one write for the headers, one for the body; raw bytes,
                     # as sent (aread would decode a compressed body under its encoding header)
-                    content = b"".join([chunk async for chunk in upstream.aiter_raw()])
+                    content = b"".join([chunk async for chunk in raw_chunks(upstream)])
                     headers_out.append((b"content-length", str(len(content)).encode()))
                     started = answered = True
                     await send({**start, "headers": headers_out})
@@ -124,7 +125,7 @@ class ProxyApp:
                     return
                 await send({**start, "headers": headers_out})
                 started = True
-                async for chunk in upstream.aiter_raw():
+                async for chunk in raw_chunks(upstream):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 answered = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -76,25 +76,35 @@ class ObservedStream(httpx.AsyncByteStream):
         self._started = started
         self._on_first_chunk = on_first_chunk
         self._on_timings = on_timings
-        self._tail = b""
-        self._first = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # the per-chunk work is kept small: it runs once per streamed token
+        on_events = self._on_events
+        previous = last = b""  # the final event (with its timings) may span two chunks
         async for chunk in self._inner:
-            if self._first and chunk:
-                self._first = False
-                if self._on_first_chunk is not None:
-                    self._on_first_chunk(time.perf_counter() - self._started)
-            self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
-            if self._on_events is not None:
-                self._on_events(stream_events(chunk))
+            if not last and chunk and self._on_first_chunk is not None:
+                self._on_first_chunk(time.perf_counter() - self._started)
+            if chunk:
+                previous, last = last, chunk
+            if on_events is not None:
+                on_events(stream_events(chunk))
             yield chunk
-        timings = generation_timings(self._tail)
+        timings = generation_timings((previous + last)[-_TAIL_BYTES:])
         if timings is not None:
             self._on_timings(*timings)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The bytes of an opened answer as they arrive, straight from its stream: httpx's
+    ``aiter_raw`` adds per-chunk layers (re-chunking, byte counts) that a proxy does without,
+    and it runs once per streamed token. The caller closes the response."""
+    stream = response.stream
+    if isinstance(stream, httpx.AsyncByteStream):
+        return stream.__aiter__()
+    return response.aiter_raw()
 
 
 def observe(
