@@ -69,15 +69,11 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
-def _client_timeout(timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:
-    """httpx's timeouts (a request's ``timeout`` extension) as aiohttp's."""
-    return _aiohttp_timeout(timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
-
-
 @functools.lru_cache(maxsize=64)
 def _aiohttp_timeout(
     pool: float | None, connect: float | None, read: float | None
 ) -> aiohttp.ClientTimeout:
+    """httpx's timeouts as aiohttp's, made once per distinct set."""
     return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
 
 
@@ -130,6 +126,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _send(
         self, request: httpx.Request, data: bytes | httpx.AsyncByteStream | None
     ) -> aiohttp.ClientResponse:
+        timeout = request.extensions.get("timeout", {})
         with _mapped(request):
             return await self._client().request(
                 request.method,
@@ -138,7 +135,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=data,
                 allow_redirects=False,
                 compress=False,
-                timeout=_client_timeout(request.extensions.get("timeout", {})),
+                timeout=_aiohttp_timeout(
+                    timeout.get("pool"), timeout.get("connect"), timeout.get("read")
+                ),
             )
 
     async def aclose(self) -> None:
