@@ -72,6 +72,11 @@ async def busy_slots(http: httpx.AsyncClient, url: str) -> int:
     return sum(1 for slot in slots if slot["is_processing"])
 
 
+async def answers_health(http: httpx.AsyncClient, url: str) -> bool:
+    """Whether ``url`` (a balancer) answers ``/health`` with 200: an upstream is ready."""
+    return (await http.get(f"{url}/health")).status_code == 200
+
+
 async def wait_for(predicate: Any, within: float = 10.0, step: float = 0.05) -> bool:
     """Await ``predicate()`` (sync or async) until true or ``within`` seconds passed."""
     deadline = asyncio.get_running_loop().time() + within

@@ -19,7 +19,7 @@ import pytest
 
 from rag.balancer import BalancerSettings, create_balancer_app
 from rag.runtime.supervisor import free_port
-from tests.pool.conftest import busy_slots, serving, wait_for
+from tests.pool.conftest import answers_health, busy_slots, serving, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,12 +35,8 @@ async def balancer(upstreams: list[str]) -> AsyncIterator[str]:
     app = create_balancer_app(settings(upstreams, buffer_size=1, buffer_timeout=2.0))
     async with serving(app) as url:
         async with httpx.AsyncClient(timeout=5.0) as http:
-            assert await wait_for(lambda: _ready(http, url), within=30)
+            assert await wait_for(lambda: answers_health(http, url), within=30)
         yield url
-
-
-async def _ready(http: httpx.AsyncClient, url: str) -> bool:
-    return (await http.get(f"{url}/health")).status_code == 200
 
 
 async def hold(

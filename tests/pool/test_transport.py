@@ -19,7 +19,7 @@ from rag.balancer import BalancerSettings, create_balancer_app
 from rag.pool import Pool
 from rag.pool.client import PoolClient, pool_client
 from rag.runtime.supervisor import free_port
-from tests.pool.conftest import serving, wait_for
+from tests.pool.conftest import answers_health, serving, wait_for
 
 
 class ScriptedServer:
@@ -255,7 +255,7 @@ async def test_the_balancer_passes_a_compressed_answer_on_byte_for_byte(
 ) -> None:
     app = create_balancer_app(BalancerSettings(upstreams=[server.url], poll_interval=0.1))
     async with serving(app) as url, httpx.AsyncClient(timeout=5.0) as http:
-        assert await wait_for(lambda: _status_ok(http, url), within=10), (
+        assert await wait_for(lambda: answers_health(http, url), within=10), (
             "the scripted upstream never became healthy"
         )
         raw = b""
@@ -266,7 +266,3 @@ async def test_the_balancer_passes_a_compressed_answer_on_byte_for_byte(
         assert raw == _GZIPPED
         decoded = await http.post(f"{url}/detokenize", json={"tokens": [1]})
         assert decoded.json() == {"content": "hello"}
-
-
-async def _status_ok(http: httpx.AsyncClient, url: str) -> bool:
-    return (await http.get(f"{url}/health")).status_code == 200
