@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.runtime.build import sha256_of
+from rag.core.runtime.build import sha256_of
 
 CORPUS = "corpus.jsonl"
 QUERIES = "queries.jsonl"

@@ -2,7 +2,7 @@
 
 Ingestion calls :func:`ingest.pipeline.ingest_document` for every corpus document (parsing,
 chunking, exact token measuring, llama.cpp embeddings, Qdrant upsert with BM25 sparse vectors),
-and queries go through :class:`rag.search.Searcher`, the code behind ``POST /v1/search``.
+and queries go through :class:`rag.core.search.Searcher`, the code behind ``POST /v1/search``.
 
 **Collection.** Each dataset and index configuration gets a collection of its own,
 ``eval-<dataset>-<hash>``, where the hash covers everything that shapes the index (chunking,
@@ -37,11 +37,11 @@ from eval.datasets import Dataset, Document
 from eval.truncation import TruncatingEmbedder
 from ingest.chunking import ChunkingOptions
 from ingest.pipeline import DocumentFailed, DocumentInfo, IngestOptions, ingest_document
-from rag.embeddings import Embedder
-from rag.errors import InvalidRequest
-from rag.search import Searcher
-from rag.settings import Settings
-from rag.vectorstore import Retrieval, VectorStore, qdrant_name
+from rag.core.embeddings import Embedder
+from rag.core.errors import InvalidRequest
+from rag.core.search import Searcher
+from rag.core.settings import Settings
+from rag.core.vectorstore import Retrieval, VectorStore, qdrant_name
 
 Chunking = Literal["default", "document"]
 Progress = Callable[[str, int, int], None]

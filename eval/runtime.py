@@ -2,11 +2,12 @@
 
 By default a run starts what it needs by itself, like ``rag run`` does: the prepared
 ``llama-server`` binary and embedding model (``rag runtime prepare``), ``eval_embedding_servers``
-supervised children with the production flags (:func:`rag.runtime.children.embedding_args`),
-registered in an in-process :class:`rag.pool.Pool`. Given URLs (``--url``, a llama-server started
-with ``--embeddings --pooling mean`` or a ``rag balancer``), it uses those instead and starts
-nothing. Either way the model is identified in the report: by the sha256 of the GGUF file when it
-is local, else by what the server reports of itself (``/props``).
+supervised children with the production flags (:func:`rag.core.runtime.children.embedding_args`)
+that join an in-process :class:`rag.core.pool.Pool` as they become healthy
+(:func:`rag.core.runtime.membership.follow_supervisor`, as in the service). Given URLs (``--url``, a
+llama-server started with ``--embeddings --pooling mean`` or a ``rag balancer``), it uses those
+instead and starts nothing. Either way the model is identified in the report: by the sha256 of the
+GGUF file when it is local, else by what the server reports of itself (``/props``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 
 import httpx
 
-from rag.pool import Pool
-from rag.pool.client import pool_client
-from rag.runtime.build import sha256_of
-from rag.runtime.children import embedding_args
-from rag.runtime.prepare import prepare_runtime
-from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
-from rag.settings import Settings
+from rag.core.pool import Pool
+from rag.core.pool.settings import build_client, build_pool
+from rag.core.runtime.build import sha256_of
+from rag.core.runtime.children import embedding_args
+from rag.core.runtime.membership import follow_supervisor
+from rag.core.runtime.prepare import prepare_runtime
+from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.core.settings import Settings
 
 READY_TIMEOUT = 120.0
 
@@ -51,23 +53,22 @@ async def embedding_service(
     """Yield a pool of ready embedding servers; stop whatever was started on exit."""
     urls = [url.rstrip("/") for url in (urls or settings.embedding_urls)]
     async with contextlib.AsyncExitStack() as stack:
-        http = await stack.enter_async_context(
-            pool_client(
-                connect=settings.upstream_connect_timeout,
-                read=settings.upstream_read_timeout,
-                max_connections=64,
-            )
+        # an evaluation sends its whole corpus at once: a deeper buffer and a longer wait
+        pool_settings = settings.pool.model_copy(
+            update={
+                "buffer_size": max(settings.pool.buffer_size, 256),
+                "buffer_timeout": max(settings.pool.buffer_timeout, settings.pool.read_timeout),
+                "max_connections": 64,
+            }
         )
-        pool = Pool(
-            "eval-embedding",
-            http,
-            policy=settings.pool_policy,
-            poll_interval=settings.pool_poll_interval,
-            buffer_size=max(settings.pool_buffer_size, 256),
-            buffer_timeout=max(settings.pool_buffer_timeout, settings.upstream_read_timeout),
-        )
+        http = await stack.enter_async_context(build_client(pool_settings))
+        pool = build_pool("eval-embedding", http, pool_settings)
+        await pool.start()
+        stack.push_async_callback(pool.stop)
         if urls:
             model = await _remote_identity(http, urls[0])
+            for url in urls:
+                pool.add_upstream(url)
         else:
             prepared = await asyncio.to_thread(prepare_runtime, settings)
             model_path = prepared.embedding_model
@@ -81,6 +82,7 @@ async def embedding_service(
                 start_timeout=settings.child_start_timeout,
                 backoff_max=settings.child_restart_backoff_max,
             )  # fmt: skip
+            follow_supervisor(pool, supervisor, "embedding")
             await supervisor.start()
             stack.push_async_callback(supervisor.stop)
             if not await supervisor.wait_healthy(READY_TIMEOUT):
@@ -90,10 +92,6 @@ async def embedding_service(
             urls = [spec.url for spec in specs]
             sha = await asyncio.to_thread(sha256_of, model_path)
             model = {"name": model_path.name, "path": str(model_path), "sha256": sha}
-        for url in urls:
-            pool.add_upstream(url)
-        await pool.start()
-        stack.push_async_callback(pool.stop)
         yield EmbeddingService(pool=pool, model=model, urls=urls)
 
 

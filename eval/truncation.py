@@ -4,7 +4,8 @@ Production never truncates: the ingestion pipeline splits a chunk the model meas
 (``ingest.pipeline.fit_to_model``), so that no text goes unindexed. Published scores such as
 all-MiniLM-L6-v2's nDCG@10 on SciFact were computed differently: one input per document, cut at
 256 model tokens (``max_seq_length``), special tokens included. To reproduce them through the same
-pipeline, :class:`TruncatingEmbedder` is handed to it in place of :class:`rag.embeddings.Embedder`:
+pipeline, :class:`TruncatingEmbedder` is handed to it in place of
+:class:`rag.core.embeddings.Embedder`:
 
 * ``token_counts`` reports lengths capped at the limit, so the pipeline splits nothing;
 * ``embed`` tokenizes each text with the served model's own tokenizer (``/tokenize`` with
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from rag.embeddings import Embedder, JsonUpstream
+from rag.core.embeddings import Embedder, JsonUpstream
 
 
 def truncate_ids(ids: list[int], max_tokens: int) -> list[int]:

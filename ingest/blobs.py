@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from rag.errors import NotFound, PayloadTooLarge
+from rag.core.errors import NotFound, PayloadTooLarge
 
 BLOCK_SIZE = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ingest.chunking import Chunk, ChunkingOptions, chunk_document, split_to_fit
 from ingest.parsing import ParseError, parse_document
 from ingest.tokens import encoding
-from rag.embeddings import Embedder
-from rag.runtime.supervisor import die_with_parent
-from rag.vectorstore import ChunkPoint, VectorStore
+from rag.core.embeddings import Embedder
+from rag.core.processes import die_with_parent
+from rag.core.vectorstore import ChunkPoint, VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,14 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from concurrent.futures import Executor
 
+from ingest.blobs import BlobStore
 from ingest.pipeline import DocumentFailed, DocumentInfo, IngestOptions, ingest_document
-from rag.embeddings import Embedder
-from rag.errors import RagError
-from rag.vectorstore import VectorStore
+from ingest.registry import JobRecord, Registry
+from rag.core.embeddings import Embedder
+from rag.core.errors import RagError
+from rag.core.vectorstore import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,12 @@ class Workers:
     def __init__(
         self,
         *,
-        registry: Any,
-        blobs: Any,
+        registry: Registry,
+        blobs: BlobStore,
         store: VectorStore,
         embedder: Embedder,
         options: IngestOptions,
-        executor: Any = None,
+        executor: Executor | None = None,
         concurrency: int = 2,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
@@ -93,7 +95,7 @@ class Workers:
                 continue
             await self.run_job(job, owner)
 
-    async def run_job(self, job: Any, owner: str) -> None:
+    async def run_job(self, job: JobRecord, owner: str) -> None:
         work = asyncio.create_task(self._process(job, owner))
         keeper = asyncio.create_task(self._keep_lease(job.id, owner, work))
         try:
@@ -120,7 +122,7 @@ class Workers:
                 work.cancel()
                 return
 
-    async def _process(self, job: Any, owner: str) -> None:
+    async def _process(self, job: JobRecord, owner: str) -> None:
         registry = self.registry
         document = await registry.get_document(job.document_id)
         if document is None:  # deleted while queued

@@ -17,10 +17,10 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-from rag.runtime.children import embedding_args, generation_args
-from rag.runtime.prepare import PreparedRuntime, prepare_runtime
-from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
-from rag.settings import Settings
+from rag.core.runtime.children import embedding_args, generation_args
+from rag.core.runtime.prepare import PreparedRuntime, prepare_runtime
+from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.core.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -107,7 +107,9 @@ async def generation_server(
 
 @pytest.fixture(scope="session")
 def minilm_reference() -> Path:
-    return Path(__file__).resolve().parents[1] / "rag" / "runtime" / "minilm_reference.json"
+    return (
+        Path(__file__).resolve().parents[1] / "rag" / "core" / "runtime" / "minilm_reference.json"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +161,7 @@ def service_settings(
         "data_dir": data_dir,
         "embedding_urls": embedding.urls,
         "generation_urls": generation.urls if generation else [],
-        "pool_poll_interval": 0.2,
+        "pool": base.pool.model_copy(update={"poll_interval": 0.2}),
         "job_lease_seconds": 5.0,
     }
     values.update(overrides)

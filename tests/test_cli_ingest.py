@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.app import create_app
+from rag.api.app import create_app
 from rag.cli.ingest import collect, ingest
-from rag.settings import Settings
+from rag.core.settings import Settings
 from tests.conftest import RunningServer, serve_app, service_settings
 
 pytestmark = pytest.mark.integration

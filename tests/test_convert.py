@@ -9,11 +9,11 @@ from typing import Any
 import gguf
 import pytest
 
-from rag.runtime.build import sha256_of
-from rag.runtime.convert import ConversionError, convert_bert_to_gguf
-from rag.runtime.paths import EMBEDDING_SHA256, RuntimePaths
-from rag.runtime.prepare import PreparedRuntime
-from rag.settings import Settings
+from rag.core.runtime.build import sha256_of
+from rag.core.runtime.convert import ConversionError, convert_bert_to_gguf
+from rag.core.runtime.paths import EMBEDDING_SHA256, RuntimePaths
+from rag.core.runtime.prepare import PreparedRuntime
+from rag.core.settings import Settings
 
 F16, F32 = gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32
 

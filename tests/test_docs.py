@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.configdoc import PAGE, render
+from rag.cli.configdoc import PAGE, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_configuration_page_matches_the_settings() -> None:
-    assert PAGE.read_text() == render(), "run `python -m rag.configdoc` and commit the page"
+    assert PAGE.read_text() == render(), "run `python -m rag.cli.configdoc` and commit the page"
 
 
 def test_changelog_has_an_unreleased_section() -> None:

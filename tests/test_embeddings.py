@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.embeddings import Embedder
-from rag.errors import UpstreamFailed, UpstreamUnavailable
+from rag.core.embeddings import Embedder
+from rag.core.errors import UpstreamFailed, UpstreamUnavailable
 from tests.conftest import RunningServer
 
 VOCABULARY = {"zero": 0}

@@ -7,13 +7,9 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from rag.errors import (
-    RagError,
-    RateLimited,
-    UpstreamUnavailable,
-    install_error_handlers,
-)
-from rag.requestid import RequestIdMiddleware
+from rag.core.errors import RagError, RateLimited, UpstreamUnavailable
+from rag.web.errors import install_error_handlers
+from rag.web.requestid import RequestIdMiddleware
 
 
 class Body(BaseModel):

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from ingest.registry.testing import postgres_unreachable, scratch_database
-from rag.app import create_app
-from rag.settings import Settings
+from rag.api.app import create_app
+from rag.core.settings import Settings
 from tests.conftest import RunningServer, serve_app, service_settings, wait_job
 from tests.test_parsing import PAGE_SENTENCES, encrypt, make_docx, make_pdf
 

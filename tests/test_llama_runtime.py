@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from rag.runtime.children import generation_args
-from rag.runtime.prepare import PreparedRuntime
-from rag.runtime.supervisor import ChildSpec, ChildState, Supervisor, free_port
-from rag.settings import Settings
+from rag.core.runtime.children import generation_args
+from rag.core.runtime.prepare import PreparedRuntime
+from rag.core.runtime.supervisor import ChildSpec, ChildState, Supervisor, free_port
+from rag.core.settings import Settings
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,7 @@ from ingest.registry.testing import (
     postgres_unreachable,
     scratch_database,
 )
-from rag.errors import InvalidRequest
+from rag.core.errors import InvalidRequest
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 DOCUMENT_KEYS = {

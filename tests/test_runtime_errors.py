@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.errors import RuntimeSetupError
-from rag.runtime.build import _build, ensure_llama_server
-from rag.runtime.models import check_gguf, verify_prepared
-from rag.runtime.paths import RuntimePaths
-from rag.runtime.prepare import PreparedRuntime
-from rag.settings import Settings
+from rag.core.errors import RuntimeSetupError
+from rag.core.runtime.build import _build, ensure_llama_server
+from rag.core.runtime.models import check_gguf, verify_prepared
+from rag.core.runtime.paths import RuntimePaths
+from rag.core.runtime.prepare import PreparedRuntime
+from rag.core.settings import Settings
 
 
 def test_missing_compiler_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

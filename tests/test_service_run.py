@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.runtime.prepare import PreparedRuntime
-from rag.runtime.supervisor import free_port
+from rag.core.runtime.prepare import PreparedRuntime
+from rag.core.runtime.supervisor import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

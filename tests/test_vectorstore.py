@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import numpy as np
 import pytest
 
-from rag.vectorstore import ChunkPoint, VectorStore, point_id
+from rag.core.vectorstore import ChunkPoint, VectorStore, point_id
 
 DIM = 16
 TEXTS = [

@@ -17,8 +17,8 @@ import pytest
 
 from ingest.blobs import BlobStore
 from ingest.registry import Registry
-from rag.runtime.paths import EMBEDDING_DIMENSIONS
-from rag.vectorstore import VectorStore
+from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
+from rag.core.vectorstore import VectorStore
 from tests.conftest import RunningServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -29,12 +29,12 @@ from bench.answer.corpus import QUESTIONS, build_collection, synthetic_texts
 from bench.answer.measure import search_latency, ttft_pairs
 from bench.answer.report import write_report
 from rag.answer import AnswerService
-from rag.app import create_app
-from rag.runtime.children import embedding_args, generation_args
-from rag.runtime.prepare import prepare_runtime
-from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
-from rag.services import Services
-from rag.settings import Settings
+from rag.api.app import create_app
+from rag.core.runtime.children import embedding_args, generation_args
+from rag.core.runtime.prepare import prepare_runtime
+from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.core.settings import Settings
+from rag.service.components import Components
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 COLLECTION = "bench"
@@ -69,7 +69,7 @@ async def children(settings: Settings, slot_dir: Path) -> AsyncIterator[tuple[st
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[tuple[str, Services]]:
+async def served(settings: Settings) -> AsyncIterator[tuple[str, Components]]:
     app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
@@ -81,7 +81,7 @@ async def served(settings: Settings) -> AsyncIterator[tuple[str, Services]]:
                 task.result()
                 raise RuntimeError("uvicorn stopped")
             await asyncio.sleep(0.05)
-        services: Services = app.state.services
+        services: Components = app.state.components
         for _ in range(300):
             states = [
                 u["state"]

@@ -7,8 +7,8 @@ import random
 import time
 from collections.abc import Callable
 
-from rag.services import Services
-from rag.vectorstore import ChunkPoint
+from rag.core.vectorstore import ChunkPoint
+from rag.service.components import Components
 
 FACTS = {
     "lighthouse.txt": "The Brightwater lighthouse was built in 1871 on Gull Rock. Its lamp is "
@@ -111,7 +111,7 @@ def synthetic_texts(count: int, *, seed: int = 7) -> list[str]:
 
 
 async def build_collection(
-    services: Services,
+    services: Components,
     collection: str,
     *,
     chunks: int,

@@ -13,7 +13,7 @@ import httpx
 
 from rag.answer import AnswerService, Question
 from rag.answer.extract import FieldExtractor
-from rag.vectorstore import VectorStore
+from rag.core.vectorstore import VectorStore
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -30,12 +30,12 @@ from typing import Any
 
 import httpx
 
-from rag.runtime.children import embedding_args
-from rag.runtime.paths import EMBEDDING_DIMENSIONS
-from rag.runtime.prepare import prepare_runtime
-from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
-from rag.settings import Settings
-from rag.vectorstore import VectorStore, qdrant_name
+from rag.core.runtime.children import embedding_args
+from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
+from rag.core.runtime.prepare import prepare_runtime
+from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.core.settings import Settings
+from rag.core.vectorstore import VectorStore, qdrant_name
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "benchmarks"

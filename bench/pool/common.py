@@ -27,10 +27,11 @@ from typing import Any
 
 import httpx
 
-from rag.runtime.build import ensure_llama_server
-from rag.runtime.models import ensure_generation_model
-from rag.runtime.supervisor import die_with_parent, free_port
-from rag.settings import Settings
+from rag.core.processes import die_with_parent
+from rag.core.runtime.build import ensure_llama_server
+from rag.core.runtime.models import ensure_generation_model
+from rag.core.runtime.supervisor import free_port
+from rag.core.settings import Settings
 
 OUT_DIR = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=300.0)

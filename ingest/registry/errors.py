@@ -1,4 +1,4 @@
-"""The registry's exceptions, placed in the service's error tree (:mod:`rag.errors`).
+"""The registry's exceptions, placed in the service's error tree (:mod:`rag.core.errors`).
 
 NotFound
 └── JobNotFound          the job id names no job
@@ -12,7 +12,7 @@ StoreUnavailable
 
 from __future__ import annotations
 
-from rag.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from rag.core.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 
 
 class JobNotFound(NotFound):

@@ -34,7 +34,7 @@ from ingest.registry.records import (
 )
 from ingest.registry.store import Clock, utc_now
 from ingest.registry.tables import documents, jobs
-from rag.errors import InvalidRequest
+from rag.core.errors import InvalidRequest
 
 MAX_PAGE = 1000
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from rag.embeddings import Embedder
-from rag.errors import RagError
+from rag.core.embeddings import Embedder
+from rag.core.errors import RagError
 
 log = logging.getLogger(__name__)
 

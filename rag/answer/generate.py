@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from rag.errors import UpstreamFailed
-from rag.pool import Pool
-from rag.pool.prefix import prefix_chain
+from rag.core.errors import UpstreamFailed
+from rag.core.pool import Pool
+from rag.core.pool.prefix import prefix_chain
 
 COMPLETION_PATH = "/completion"
 

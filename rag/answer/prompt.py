@@ -1,8 +1,9 @@
 """The augmented prompt: versioned templates, numbered sources, and the token budget.
 
-Templates are files in ``rag/prompts/`` (``answer-v1.txt``); their name is recorded with every
-answer. The prompt is formatted by the generation server's own chat template (``/apply-template``)
-and measured with its own tokenizer (``/tokenize``), both through the generation pool, so that
+Templates are files in ``rag/answer/prompts/`` (``answer-v1.txt``); their name is recorded
+with every answer. The prompt is formatted by the generation server's own chat template
+(``/apply-template``) and measured with its own tokenizer (``/tokenize``), both through the
+generation pool, so that
 nothing here assumes a particular model (a prompt with fewer UTF-8 bytes than the budget fits
 whatever the tokenizer, and is not measured). The budget is the server's real per-slot context
 (``GET /props``: ``default_generation_settings.n_ctx``) minus the tokens reserved for the answer.
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from rag.errors import InvalidRequest, UpstreamFailed
-from rag.pool import Pool
-from rag.search import Result
+from rag.core.errors import InvalidRequest, UpstreamFailed
+from rag.core.pool import Pool
+from rag.core.search import Result
 
 SECTIONS = ("system", "user", "source")
 _SECTION = re.compile(r"^\[(\w+)\]\s*$")
@@ -63,12 +64,12 @@ def fill(template: str, **values: str) -> str:
 
 @functools.cache
 def load_template(name: str) -> Template:
-    """The template ``rag/prompts/<name>.txt``, split into its ``[section]`` parts."""
+    """The template ``rag/answer/prompts/<name>.txt``, split into its ``[section]`` parts."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise UnknownTemplate(f"invalid template name {name!r}")
-    path = resources.files("rag.prompts").joinpath(f"{name}.txt")
+    path = resources.files("rag.answer.prompts").joinpath(f"{name}.txt")
     if not path.is_file():
-        raise UnknownTemplate(f"no prompt template {name!r} in rag/prompts")
+        raise UnknownTemplate(f"no prompt template {name!r} in rag/answer/prompts")
     parts: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in path.read_text(encoding="utf-8").splitlines():

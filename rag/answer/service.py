@@ -25,11 +25,11 @@ from rag.answer.schema import (
     answer_schema,
     validate_answer,
 )
-from rag.embeddings import Embedder
-from rag.errors import InvalidRequest, RagError, UpstreamFailed, ValidationFailed
-from rag.pool import Pool
-from rag.search import Searcher, SearchFilter
-from rag.settings import Settings
+from rag.core.embeddings import Embedder
+from rag.core.errors import InvalidRequest, RagError, UpstreamFailed, ValidationFailed
+from rag.core.pool import Pool
+from rag.core.search import Searcher, SearchFilter
+from rag.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

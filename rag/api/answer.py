@@ -14,17 +14,17 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ingest.upload import check_collection
-from rag.answer import AnswerService, Question
+from rag.answer import Question
 from rag.answer.service import Event
+from rag.api.deps import AnswersDep
 from rag.api.search import FilterBody
-from rag.app_state import services_of
+from rag.core.collections import check_collection
 
 router = APIRouter(tags=["retrieval"])
 
@@ -68,28 +68,12 @@ def format_event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def answer_service(request: Request) -> AnswerService:
-    """The service of this app's current lifespan (kept for its cache of the context size)."""
-    services = services_of(request)
-    service: AnswerService | None = getattr(request.app.state, "answer_service", None)
-    if service is None or service.searcher is not services.searcher:
-        service = AnswerService(
-            searcher=services.searcher,
-            pool=services.generation_pool,
-            embedder=services.embedder,
-            settings=services.settings,
-        )
-        request.app.state.answer_service = service
-    return service
-
-
 @router.post(
     "/v1/answer",
     summary="Answer a question from the collection's documents",
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def answer(request: Request, body: AnswerBody) -> Response:
-    service = answer_service(request)
+async def answer(body: AnswerBody, service: AnswersDep) -> Response:
     question = Question(
         text=body.question,
         collection=check_collection(body.collection),

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rag.app_state import services_of
-from rag.errors import RagError
+from rag.api.deps import (
+    EmbeddingPoolDep,
+    GenerationPoolDep,
+    MetricsDep,
+    RegistryDep,
+    StoreDep,
+    SupervisorDep,
+)
+from rag.core.errors import RagError
 
 router = APIRouter(tags=["operations"])
 READY_PROBE_TIMEOUT = 3.0
@@ -45,15 +52,19 @@ async def _probe(name: str, check: Any) -> tuple[str, dict[str, Any]]:
 
 
 @router.get("/readyz", summary="Stores, registry and llama.cpp pools are reachable")
-async def readyz(request: Request) -> JSONResponse:
-    services = services_of(request)
+async def readyz(
+    registry: RegistryDep,
+    store: StoreDep,
+    embedding_pool: EmbeddingPoolDep,
+    generation_pool: GenerationPoolDep,
+) -> JSONResponse:
     probes = await asyncio.gather(
-        _probe("registry", services.registry.ping()),
-        _probe("vector_store", services.store.ping()),
+        _probe("registry", registry.ping()),
+        _probe("vector_store", store.ping()),
     )
     checks: dict[str, Any] = dict(probes)
-    checks["embedding_pool"] = _pool_check(services.embedding_pool.status())
-    checks["generation_pool"] = _pool_check(services.generation_pool.status())
+    checks["embedding_pool"] = _pool_check(embedding_pool.status())
+    checks["generation_pool"] = _pool_check(generation_pool.status())
     missing = sorted(name for name, check in checks.items() if not check["ok"])
     body = {"status": "not_ready" if missing else "ready", "checks": checks, "missing": missing}
     headers = {"Retry-After": "2"} if missing else {}
@@ -61,17 +72,15 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    registry = services_of(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/runtime", summary="Supervised llama-server children and their state")
-async def runtime_children(request: Request) -> dict[str, Any]:
-    services = services_of(request)
+async def runtime_children(supervisor: SupervisorDep) -> dict[str, Any]:
     children = []
-    if services.supervisor is not None:
-        for child in services.supervisor.children:
+    if supervisor is not None:
+        for child in supervisor.children:
             children.append(
                 {
                     "name": child.spec.name,
@@ -87,9 +96,7 @@ async def runtime_children(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/pool", summary="Upstreams of the embedding and generation pools")
-async def pools(request: Request) -> dict[str, Any]:
-    services = services_of(request)
-    return {
-        "embedding": services.embedding_pool.status(),
-        "generation": services.generation_pool.status(),
-    }
+async def pools(
+    embedding_pool: EmbeddingPoolDep, generation_pool: GenerationPoolDep
+) -> dict[str, Any]:
+    return {"embedding": embedding_pool.status(), "generation": generation_pool.status()}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from ingest.upload import check_collection
-from rag.app_state import services_of
-from rag.search import SearchFilter
-from rag.vectorstore import Retrieval
+from rag.api.deps import SearcherDep, SettingsDep
+from rag.core.collections import check_collection
+from rag.core.search import SearchFilter
+from rag.core.vectorstore import Retrieval
 
 router = APIRouter(tags=["retrieval"])
 
@@ -38,13 +38,12 @@ class SearchBody(BaseModel):
 
 
 @router.post("/v1/search", summary="Nearest chunks to a query")
-async def search(request: Request, body: SearchBody) -> dict[str, Any]:
-    services = services_of(request)
-    results = await services.searcher.search(
+async def search(body: SearchBody, searcher: SearcherDep, settings: SettingsDep) -> dict[str, Any]:
+    results = await searcher.search(
         body.query,
         collection=check_collection(body.collection),
         top_k=body.top_k,
         filter=body.filter.to_filter() if body.filter else None,
-        retrieval=body.retrieval or services.settings.retrieval,
+        retrieval=body.retrieval or settings.retrieval,
     )
     return {"results": [result.to_api() for result in results]}

@@ -22,10 +22,10 @@ from starlette.types import ASGIApp
 from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
 from rag.balancer.settings import BalancerSettings
-from rag.errors import CatchAllMiddleware, install_error_handlers
-from rag.pool import Pool, PoolMetrics, UpstreamRejected
-from rag.pool.client import pool_client
-from rag.requestid import RequestIdMiddleware
+from rag.core.pool import PoolMetrics, UpstreamRejected
+from rag.core.pool.settings import build_client, build_pool
+from rag.web.errors import CatchAllMiddleware, install_error_handlers
+from rag.web.requestid import RequestIdMiddleware
 
 
 def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
@@ -33,25 +33,8 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with pool_client(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            max_connections=settings.max_connections,
-        ) as http:
-            pool = Pool(
-                "balancer",
-                http,
-                policy=settings.policy,
-                poll_interval=settings.poll_interval,
-                buffer_size=settings.buffer_size,
-                buffer_timeout=settings.buffer_timeout,
-                quarantine=settings.quarantine,
-                metrics=metrics,
-                affinity=settings.affinity,
-                affinity_slack=settings.affinity_slack,
-                handoff_tokens=settings.handoff_tokens,
-                affinity_wait=settings.affinity_wait,
-            )
+        async with build_client(settings.pool) as http:
+            pool = build_pool("balancer", http, settings.pool, metrics)
             for url in settings.upstreams:
                 pool.add_upstream(url)
             await pool.start()
@@ -87,7 +70,7 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    proxy = ProxyApp(app, affinity=settings.affinity, block=settings.affinity_block_chars)
+    proxy = ProxyApp(app, affinity=settings.pool.affinity, block=settings.pool.affinity_block_chars)
     return RequestIdMiddleware(CatchAllMiddleware(proxy))
 
 

@@ -21,11 +21,12 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from rag.errors import RagError, error_response
-from rag.pool import Pool, UpstreamRejected
-from rag.pool.budget import token_budget
-from rag.pool.prefix import request_prefix
-from rag.pool.proxy import raw_chunks
+from rag.core.errors import RagError
+from rag.core.pool import Pool, UpstreamRejected
+from rag.core.pool.budget import token_budget
+from rag.core.pool.prefix import request_prefix
+from rag.core.pool.proxy import raw_chunks
+from rag.web.errors import error_response
 
 log = logging.getLogger(__name__)
 

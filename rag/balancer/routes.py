@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, HttpUrl
 
-from rag.errors import UpstreamUnavailable
-from rag.pool import Pool, PoolMetrics
+from rag.core.errors import UpstreamUnavailable
+from rag.core.pool import Pool, PoolMetrics
 
 log = logging.getLogger(__name__)
 

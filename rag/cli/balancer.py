@@ -1,4 +1,8 @@
-"""``rag balancer``: serve a pool of llama-servers as one llama-server / OpenAI endpoint."""
+"""``rag balancer``: serve a pool of llama-servers as one llama-server / OpenAI endpoint.
+
+Settings come from the environment (``RAG_BALANCER_*``); an option overrides one only when it is
+given on the command line.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,37 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from rag.pool.policy import POLICIES
+from rag.balancer import balancer_settings, create_balancer_app
+from rag.balancer.settings import DEFAULT_HOST, DEFAULT_PORT
+from rag.core.pool.policy import POLICIES
 
 
 def balancer(
     upstream: Annotated[
         list[str] | None,
-        typer.Option("--upstream", help="llama-server base URL; repeat for each upstream."),
+        typer.Option(
+            "--upstream",
+            help="llama-server base URL; repeat for each upstream (RAG_BALANCER_UPSTREAMS).",
+        ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Listen port.")] = 8090,
+    host: Annotated[
+        str | None,
+        typer.Option(help=f"Listen address (RAG_BALANCER_HOST, default {DEFAULT_HOST})."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help=f"Listen port (RAG_BALANCER_PORT, default {DEFAULT_PORT}).")
+    ] = None,
     policy: Annotated[
-        str, typer.Option(help=f"Choice of upstream: {', '.join(POLICIES)}.")
-    ] = "slots",
+        str | None,
+        typer.Option(help=f"Choice of upstream: {', '.join(POLICIES)} (RAG_BALANCER_POLICY)."),
+    ] = None,
 ) -> None:
     """Run the slot-aware balancer in front of llama-servers (settings: RAG_BALANCER_*)."""
-    from rag.balancer import BalancerSettings, create_balancer_app
-
-    if policy not in POLICIES:
+    if policy is not None and policy not in POLICIES:
         raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
-    overrides: dict[str, object] = {"host": host, "port": port, "policy": policy}
-    if upstream:
-        overrides["upstreams"] = list(upstream)
-    settings = BalancerSettings(**overrides)  # type: ignore[arg-type]
+    settings = balancer_settings(
+        host=host, port=port, policy=policy, upstreams=list(upstream) if upstream else None
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

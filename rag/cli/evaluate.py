@@ -25,10 +25,10 @@ from eval.report import build_report, load_report, write_report
 from eval.runner import Chunking, RunOptions, run_evaluation
 from eval.runtime import EvalRuntimeError, embedding_service
 from rag.cli.progress import console
-from rag.errors import RagError, RuntimeSetupError
-from rag.runtime.paths import EMBEDDING_DIMENSIONS
-from rag.settings import Settings
-from rag.vectorstore import Retrieval, VectorStore
+from rag.core.errors import RagError, RuntimeSetupError
+from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
+from rag.core.settings import Settings
+from rag.core.vectorstore import Retrieval, VectorStore
 
 eval_app = typer.Typer(help="Offline retrieval evaluation on BEIR-layout datasets.")
 

@@ -12,15 +12,15 @@ import httpx
 import typer
 import uvicorn
 
-from rag.app import create_app
+from rag.api.app import create_app
 from rag.cli.progress import console, stage_progress
-from rag.errors import RuntimeSetupError
-from rag.runtime.children import child_specs
-from rag.runtime.prepare import PreparedRuntime, prepare_runtime
-from rag.runtime.status import runtime_status
-from rag.runtime.verify import verify_embedding_model
-from rag.services import EmbeddedRuntime
-from rag.settings import Settings
+from rag.core.errors import RuntimeSetupError
+from rag.core.runtime.children import child_specs
+from rag.core.runtime.prepare import PreparedRuntime, prepare_runtime
+from rag.core.runtime.status import runtime_status
+from rag.core.runtime.verify import verify_embedding_model
+from rag.core.settings import Settings
+from rag.service.components import EmbeddedRuntime
 
 app = typer.Typer(help="Self-hosted RAG service on llama.cpp.", no_args_is_help=True)
 runtime_app = typer.Typer(help="Build llama-server, prepare models, show status.")
@@ -114,7 +114,7 @@ def ingest_command(
 def runtime_build() -> None:
     """Build llama-server into the cache (once per version)."""
     settings = _settings()
-    from rag.runtime.build import ensure_llama_server
+    from rag.core.runtime.build import ensure_llama_server
 
     try:
         with stage_progress() as progress:

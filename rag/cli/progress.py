@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from rag.runtime.build import Progress as ProgressCallback
+from rag.core.runtime.build import Progress as ProgressCallback
 
 console = Console(stderr=True)
 

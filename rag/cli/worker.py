@@ -6,9 +6,9 @@ import asyncio
 import logging
 import signal
 
-from rag.metrics import Metrics
-from rag.services import open_services
-from rag.settings import Settings
+from rag.core.settings import Settings
+from rag.service.components import open_components
+from rag.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,10 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with open_services(settings, Metrics(), run_workers=True) as services:
-        assert services.workers is not None
-        log.info("worker %s started with %d job loops", services.workers.owner, settings.workers)
+    async with open_components(settings, Metrics(), run_workers=True) as components:
+        if components.workers is None:
+            log.error("RAG_WORKERS is 0: this worker would run no job loop")
+            return
+        log.info("worker %s started with %d job loops", components.workers.owner, settings.workers)
         await stop.wait()
         log.info("worker stopping; jobs in progress are released when their lease expires")

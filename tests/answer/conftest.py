@@ -16,12 +16,13 @@ import pytest
 from fastapi import FastAPI
 
 from ingest.pipeline import DocumentInfo, ingest_document
-from rag.app import create_app
-from rag.runtime.children import generation_args
-from rag.runtime.prepare import PreparedRuntime
-from rag.runtime.supervisor import ChildSpec, free_port
-from rag.services import Services, ingest_options
-from rag.settings import Settings
+from rag.api.app import create_app
+from rag.core.pool.settings import PoolSettings
+from rag.core.runtime.children import generation_args
+from rag.core.runtime.prepare import PreparedRuntime
+from rag.core.runtime.supervisor import ChildSpec, free_port
+from rag.core.settings import Settings
+from rag.service.components import Components, ingest_options
 from tests.conftest import RunningServer, serve_app, start_children
 
 COLLECTION = "qa"
@@ -48,8 +49,7 @@ ANSWER_SETTINGS: dict[str, Any] = {
     "answer_top_k": 3,
     "answer_temperature": 0.0,
     "workers": 0,
-    "pool_poll_interval": 0.2,
-    "pool_buffer_timeout": 3.0,
+    "pool": PoolSettings(poll_interval=0.2, buffer_timeout=3.0),
 }
 
 
@@ -74,9 +74,9 @@ class ServedApp:
     settings: Settings
 
     @property
-    def services(self) -> Services:
-        services: Services = self.app.state.services
-        return services
+    def components(self) -> Components:
+        components: Components = self.app.state.components
+        return components
 
 
 def answer_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -96,7 +96,7 @@ async def serve(settings: Settings) -> AsyncIterator[ServedApp]:
 
 
 async def ingest_texts(
-    services: Services, collection: str, documents: dict[str, str]
+    services: Components, collection: str, documents: dict[str, str]
 ) -> dict[str, str]:
     """Ingest ``{filename: text}`` through the real pipeline; returns ``{filename: doc id}``."""
     ids = {}
@@ -127,7 +127,7 @@ async def ingest_texts(
 
 
 async def wait_pool_ready(
-    services: Services, *, generation: bool = True, seconds: float = 30.0
+    services: Components, *, generation: bool = True, seconds: float = 30.0
 ) -> None:
     """Until the pools have a healthy upstream (their pollers run every 0.2 s here)."""
     for _ in range(int(seconds / 0.1)):
@@ -160,8 +160,8 @@ async def qa_app(
         generation_urls=[answer_generation_server.url],
     )
     async with serve(settings) as served:
-        await wait_pool_ready(served.services)
-        documents = await ingest_texts(served.services, COLLECTION, DOCUMENTS)
+        await wait_pool_ready(served.components)
+        documents = await ingest_texts(served.components, COLLECTION, DOCUMENTS)
         yield QaApp(served, documents, answer_generation_server.url)
 
 

@@ -120,7 +120,7 @@ async def test_client_disconnect_stops_generation_and_frees_the_slot(qa_app: QaA
         "top_k": 3,
         "stream": True,
     }
-    pool = qa_app.served.services.generation_pool
+    pool = qa_app.served.components.generation_pool
     async with httpx.AsyncClient(base_url=qa_app.served.url, timeout=120) as http:
         async with http.stream("POST", "/v1/answer", json=body) as response:
             assert response.status_code == 200

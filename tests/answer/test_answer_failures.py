@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.runtime.supervisor import free_port
+from rag.core.runtime.supervisor import free_port
 from tests.answer.conftest import (
     COLLECTION,
     DOCUMENTS,
@@ -97,8 +97,8 @@ async def no_generation_app(
         generation_urls=[f"http://127.0.0.1:{free_port()}"],
     )
     async with serve(settings) as served:
-        await wait_pool_ready(served.services, generation=False)
-        await ingest_texts(served.services, COLLECTION, DOCUMENTS)
+        await wait_pool_ready(served.components, generation=False)
+        await ingest_texts(served.components, COLLECTION, DOCUMENTS)
         yield served
 
 
@@ -126,7 +126,7 @@ async def test_qdrant_down_is_503_with_retry_after(
         qdrant_timeout=2.0,
     )
     async with serve(settings) as served:
-        await wait_pool_ready(served.services, generation=False)
+        await wait_pool_ready(served.components, generation=False)
         for stream in (False, True):
             body = {"question": QUESTION, "collection": COLLECTION, "stream": stream}
             response = await post(served.url, body)
@@ -155,8 +155,8 @@ async def fake_app(
             generation_urls=[fake_url],
         )
         async with serve(settings) as served:
-            await wait_pool_ready(served.services)
-            await ingest_texts(served.services, COLLECTION, DOCUMENTS)
+            await wait_pool_ready(served.components)
+            await ingest_texts(served.components, COLLECTION, DOCUMENTS)
             yield FakeApp(served, upstream)
 
 
@@ -184,7 +184,7 @@ async def test_bad_upstream_output_ends_the_stream_with_an_error_event(
     assert error["request_id"] == response.headers["x-request-id"]
     if reason is not None:
         assert error["reason"] == reason
-    pool = fake_app.served.services.generation_pool.status()
+    pool = fake_app.served.components.generation_pool.status()
     assert pool["upstreams"][0]["requests_in_flight"] == 0, "the slot was given back"
 
 

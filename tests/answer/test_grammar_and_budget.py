@@ -8,8 +8,8 @@ import pytest
 from rag.answer.generate import Sampling, complete, completion_body
 from rag.answer.prompt import SAFETY_TOKENS, PromptBuilder, Source, load_template
 from rag.answer.schema import answer_grammar, answer_schema, validate_answer
-from rag.errors import InvalidRequest
-from rag.search import Result
+from rag.core.errors import InvalidRequest
+from rag.core.search import Result
 from tests.answer.conftest import QaApp
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def result(n: int, text: str, score: float) -> Result:
 async def test_a_citation_outside_the_given_sources_cannot_be_produced(
     qa_app: QaApp, temperature: float
 ) -> None:
-    pool = qa_app.served.services.generation_pool
+    pool = qa_app.served.components.generation_pool
     builder = PromptBuilder(pool)
     sources = [
         Source(1, result(1, "Sea otters hold hands while they sleep.", 0.9)),
@@ -46,14 +46,14 @@ async def test_a_citation_outside_the_given_sources_cannot_be_produced(
 
 async def test_context_size_is_the_servers_per_slot_context(qa_app: QaApp) -> None:
     settings = qa_app.served.settings
-    builder = PromptBuilder(qa_app.served.services.generation_pool)
+    builder = PromptBuilder(qa_app.served.components.generation_pool)
     assert await builder.context_size() == settings.generation_ctx // settings.generation_slots
 
 
 async def test_sources_that_do_not_fit_are_dropped_whole_lowest_score_first(
     qa_app: QaApp,
 ) -> None:
-    builder = PromptBuilder(qa_app.served.services.generation_pool)
+    builder = PromptBuilder(qa_app.served.components.generation_pool)
     template = load_template("answer-v1")
     question = "What do the reports say?"
     texts = [
@@ -84,7 +84,7 @@ async def test_sources_that_do_not_fit_are_dropped_whole_lowest_score_first(
 
 
 async def test_a_prompt_with_fewer_bytes_than_the_budget_is_not_measured(qa_app: QaApp) -> None:
-    builder = PromptBuilder(qa_app.served.services.generation_pool)
+    builder = PromptBuilder(qa_app.served.components.generation_pool)
     results = [result(1, "Short source.", 0.9), result(2, "Another short source.", 0.8)]
     prompt = await builder.build(load_template("answer-v1"), "Short?", results, reserve=256)
     assert [s.n for s in prompt.sources] == [1, 2]
@@ -95,7 +95,7 @@ async def test_a_prompt_with_fewer_bytes_than_the_budget_is_not_measured(qa_app:
 
 
 async def test_a_prompt_near_the_budget_is_measured(qa_app: QaApp) -> None:
-    builder = PromptBuilder(qa_app.served.services.generation_pool)
+    builder = PromptBuilder(qa_app.served.components.generation_pool)
     template = load_template("answer-v1")
     results = [result(1, "Short source.", 0.9)]
     text = await builder.format(template.messages("Short?", [Source(1, results[0])]))
@@ -107,7 +107,7 @@ async def test_a_prompt_near_the_budget_is_measured(qa_app: QaApp) -> None:
 
 
 async def test_a_question_that_leaves_no_room_is_refused(qa_app: QaApp) -> None:
-    builder = PromptBuilder(qa_app.served.services.generation_pool)
+    builder = PromptBuilder(qa_app.served.components.generation_pool)
     context = await builder.context_size()
     with pytest.raises(InvalidRequest) as caught:
         await builder.build(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rag.answer.prompt import Source, UnknownTemplate, fill, load_template
-from rag.search import Result
+from rag.core.search import Result
 
 
 def result(text: str, *, page: int | None = None) -> Result:

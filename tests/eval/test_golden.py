@@ -18,10 +18,10 @@ from eval.report import build_report, load_report, write_report
 from eval.runner import RunOptions, RunResult, run_evaluation
 from eval.runtime import EmbeddingService, embedding_service
 from eval.truncation import TruncatingEmbedder
-from rag.embeddings import Embedder
-from rag.runtime.paths import EMBEDDING_DIMENSIONS
-from rag.settings import Settings
-from rag.vectorstore import Retrieval, VectorStore
+from rag.core.embeddings import Embedder
+from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
+from rag.core.settings import Settings
+from rag.core.vectorstore import Retrieval, VectorStore
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.integration

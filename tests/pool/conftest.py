@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.pool.client import PoolClient, pool_client
-from rag.runtime.build import ensure_llama_server
-from rag.runtime.models import ensure_generation_model
-from rag.runtime.supervisor import ChildSpec, Supervisor, free_port
-from rag.settings import Settings
+from rag.core.pool.client import PoolClient, pool_client
+from rag.core.runtime.build import ensure_llama_server
+from rag.core.runtime.models import ensure_generation_model
+from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
+from rag.core.settings import Settings
 from tests.conftest import serve_app, start_children
 
 SLOTS = 2

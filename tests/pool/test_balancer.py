@@ -17,8 +17,8 @@ import httpx
 import openai
 import pytest
 
-from rag.balancer import BalancerSettings, create_balancer_app
-from rag.runtime.supervisor import free_port
+from rag.balancer import BalancerSettings, balancer_settings, create_balancer_app
+from rag.core.runtime.supervisor import free_port
 from tests.pool.conftest import answers_health, busy_slots, serving, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,7 +27,7 @@ SHORT = {"prompt": "The capital of France is", "n_predict": 4}
 
 
 def settings(upstreams: list[str], **options: Any) -> BalancerSettings:
-    return BalancerSettings(upstreams=upstreams, poll_interval=0.2, **options)
+    return balancer_settings(upstreams=upstreams, poll_interval=0.2, **options)
 
 
 @pytest.fixture(scope="module")

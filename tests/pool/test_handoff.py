@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from rag.pool.budget import stream_events, token_budget
-from rag.pool.metrics import PoolMetrics
-from rag.pool.scheduler import Lease, Scheduler
-from rag.pool.upstream import Upstream, UpstreamState
+from rag.core.pool.budget import stream_events, token_budget
+from rag.core.pool.metrics import PoolMetrics
+from rag.core.pool.scheduler import Lease, Scheduler
+from rag.core.pool.upstream import Upstream, UpstreamState
 
 
 def scheduler(

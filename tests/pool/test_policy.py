@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.pool.policy import Candidate, check_policy, choose
-from rag.pool.prefix import prefix_chain, request_prefix
+from rag.core.pool.policy import Candidate, check_policy, choose
+from rag.core.pool.prefix import prefix_chain, request_prefix
 
 A = "http://a"
 B = "http://b"

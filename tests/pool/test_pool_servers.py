@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.pool import Pool
-from rag.pool.client import PoolClient
-from rag.pool.prefix import prefix_chain
-from rag.settings import Settings
+from rag.core.pool import Pool
+from rag.core.pool.client import PoolClient
+from rag.core.pool.prefix import prefix_chain
+from rag.core.settings import Settings
 from tests.pool.conftest import Binaries, busy_slots, start_servers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

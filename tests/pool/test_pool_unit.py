@@ -14,13 +14,14 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from rag.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
-from rag.pool import Pool, UpstreamRejected
-from rag.pool.client import PoolClient
-from rag.pool.membership import follow_supervisor
-from rag.pool.policy import POLICIES
-from rag.runtime.supervisor import ChildSpec, ChildState, Supervisor
-from rag.settings import Settings
+from rag.core.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
+from rag.core.pool import Pool, UpstreamRejected
+from rag.core.pool.client import PoolClient
+from rag.core.pool.policy import POLICIES
+from rag.core.pool.settings import PoolSettings, build_pool
+from rag.core.runtime.membership import follow_supervisor
+from rag.core.runtime.supervisor import ChildSpec, ChildState, Supervisor
+from rag.core.settings import Settings
 
 
 class FakeLlama:
@@ -272,7 +273,7 @@ async def _eventually(predicate: Callable[[], bool]) -> bool:
 
 @pytest.mark.parametrize("policy", POLICIES)
 async def test_every_policy_the_settings_accept_starts_a_pool(policy: str) -> None:
-    settings = Settings(pool_policy=policy)  # type: ignore[arg-type]
+    settings = Settings(pool=PoolSettings(policy=policy))  # type: ignore[arg-type]
     async with httpx.AsyncClient() as http:
-        pool = Pool("test", http, policy=settings.pool_policy)
+        pool = build_pool("test", http, settings.pool)
     assert pool.policy == policy

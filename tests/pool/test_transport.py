@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from rag.balancer import BalancerSettings, create_balancer_app
-from rag.pool import Pool
-from rag.pool.client import PoolClient, pool_client
-from rag.runtime.supervisor import free_port
+from rag.balancer import balancer_settings, create_balancer_app
+from rag.core.pool import Pool
+from rag.core.pool.client import PoolClient, pool_client
+from rag.core.runtime.supervisor import free_port
 from tests.pool.conftest import answers_health, serving, wait_for
 
 
@@ -253,7 +253,7 @@ async def test_streamed_requests_in_a_row_survive_the_servers_hang_ups(
 async def test_the_balancer_passes_a_compressed_answer_on_byte_for_byte(
     server: ScriptedServer,
 ) -> None:
-    app = create_balancer_app(BalancerSettings(upstreams=[server.url], poll_interval=0.1))
+    app = create_balancer_app(balancer_settings(upstreams=[server.url], poll_interval=0.1))
     async with serving(app) as url, httpx.AsyncClient(timeout=5.0) as http:
         assert await wait_for(lambda: answers_health(http, url), within=10), (
             "the scripted upstream never became healthy"

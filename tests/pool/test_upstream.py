@@ -4,7 +4,7 @@ twice."""
 
 from __future__ import annotations
 
-from rag.pool.upstream import Upstream
+from rag.core.pool.upstream import Upstream
 
 
 def test_own_slots_count_at_once_both_ways() -> None:

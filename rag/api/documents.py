@@ -1,0 +1,144 @@
+"""The document and job endpoints of API.md ("Documents and jobs")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from ingest.detect import DetectionError, detect_content_type
+from ingest.registry import DocumentStatus, JobNotRetryable
+from rag.api.deps import BlobsDep, RegistryDep, SettingsDep, StoreDep, WorkersDep
+from rag.api.upload import read_upload
+from rag.core.collections import check_collection
+from rag.core.errors import Conflict, InvalidRequest, NotFound, UnsupportedType
+
+router = APIRouter(tags=["documents"])
+DETECT_BYTES = 1 << 20
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while block := await upload.read(1 << 20):
+        yield block
+
+
+@router.post("/v1/documents", status_code=202, summary="Upload one or more documents")
+async def upload_documents(
+    request: Request,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    blobs: BlobsDep,
+    workers: WorkersDep,
+) -> JSONResponse:
+    async with read_upload(
+        request, max_bytes=settings.max_upload_bytes, max_files=settings.max_files_per_upload
+    ) as form:
+        accepted: list[tuple[UploadFile, str]] = []
+        for upload in form.files:  # check every file before storing any
+            filename = upload.filename or "upload"
+            await upload.seek(0)
+            data = await upload.read()
+            await upload.seek(0)
+            try:
+                content_type = await asyncio.to_thread(
+                    detect_content_type, data, filename, upload.content_type
+                )
+            except DetectionError as exc:
+                error = InvalidRequest if exc.reason == "empty" else UnsupportedType
+                raise error(str(exc), filename=filename, reason=exc.reason) from exc
+            accepted.append((upload, content_type))
+
+        answers: list[dict[str, Any]] = []
+        created_any = False
+        for upload, content_type in accepted:
+            sha256, size, _ = await blobs.write_stream(_chunks(upload), settings.max_upload_bytes)
+            document, job, created = await registry.add_document(
+                collection=form.collection,
+                filename=upload.filename or "upload",
+                content_type=content_type,
+                sha256=sha256,
+                size=size,
+                metadata=form.metadata,
+                max_attempts=settings.job_max_attempts,
+            )
+            created_any = created_any or created
+            answers.append(
+                {
+                    "id": document.id,
+                    "job_id": job.id if job is not None else None,
+                    "collection": document.collection,
+                    "filename": document.filename,
+                    "sha256": document.sha256,
+                    "status": document.status,
+                    "created": created,
+                }
+            )
+    if created_any and workers is not None:
+        workers.wake()
+    return JSONResponse({"documents": answers}, status_code=202 if created_any else 200)
+
+
+@router.get("/v1/documents", summary="A page of documents")
+async def list_documents(
+    registry: RegistryDep,
+    collection: str | None = None,
+    status: DocumentStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    if collection is not None:
+        check_collection(collection)
+    try:
+        documents, next_cursor = await registry.list_documents(
+            collection=collection, status=status, limit=limit, cursor=cursor
+        )
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid cursor: {exc}") from exc
+    return {"documents": [d.to_api() for d in documents], "next_cursor": next_cursor}
+
+
+@router.get("/v1/documents/{document_id}", summary="One document")
+async def get_document(registry: RegistryDep, document_id: str) -> dict[str, Any]:
+    document = await registry.get_document(document_id)
+    if document is None:
+        raise NotFound(f"no document {document_id}")
+    return document.to_api()
+
+
+@router.delete("/v1/documents/{document_id}", status_code=204, summary="Delete a document")
+async def delete_document(
+    registry: RegistryDep, store: StoreDep, blobs: BlobsDep, document_id: str
+) -> Response:
+    document = await registry.get_document(document_id)
+    if document is None:
+        raise NotFound(f"no document {document_id}")
+    await store.delete_document(document.collection, document.id)
+    await registry.delete_document(document.id)
+    if not await registry.sha256_in_use(document.sha256):
+        await blobs.delete(document.sha256)
+    return Response(status_code=204)
+
+
+@router.get("/v1/jobs/{job_id}", summary="State and progress of an ingestion job")
+async def get_job(registry: RegistryDep, job_id: str) -> dict[str, Any]:
+    job = await registry.get_job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job.to_api()
+
+
+@router.post("/v1/jobs/{job_id}/retry", status_code=202, summary="Requeue a failed job")
+async def retry_job(registry: RegistryDep, workers: WorkersDep, job_id: str) -> dict[str, Any]:
+    try:
+        job = await registry.retry_job(job_id)
+    except JobNotRetryable as exc:
+        raise Conflict(str(exc)) from exc
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if workers is not None:
+        workers.wake()
+    return job.to_api()

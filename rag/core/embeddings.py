@@ -1,0 +1,175 @@
+"""Embeddings and exact token counts from llama.cpp embedding servers, through a pool.
+
+Texts from every caller go into one queue; a dispatcher sends them in batches of up to
+``batch_size`` with up to ``concurrency`` batches in flight. While all slots are busy the queue
+grows, so the next batch is fuller: many small documents ingested at once are embedded in batches
+as large as one big document's (adaptive batching, no timer). A failed batch (5xx, connection
+error, timeout) is retried with jittered exponential backoff. Token lengths come from the
+server's own ``/tokenize``, which is exact for whatever model is served (tiktoken is only an
+approximation of WordPiece).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from rag.core.errors import RagError, UpstreamFailed, UpstreamUnavailable
+
+MARKER_TOKEN = 0
+"""Token id put after each text of a batched ``/tokenize`` call ([PAD] in BERT vocabularies)."""
+
+
+class _Transient(UpstreamFailed):
+    """A 5xx from the embedding server: worth another try."""
+
+
+class JsonUpstream(Protocol):
+    """What the embedder needs of a pool: one JSON request with failover."""
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response: ...
+
+
+class Embedder:
+    def __init__(
+        self,
+        upstream: JsonUpstream,
+        *,
+        batch_size: int = 32,
+        concurrency: int = 4,
+        max_attempts: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        self.upstream = upstream
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self._queue: deque[tuple[str, asyncio.Future[list[float]]]] = deque()
+        self._queued = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts`` (each must fit the server's micro-batch), keeping their order."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in texts]
+        self._queue.extend(zip(texts, futures, strict=True))
+        self._queued.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="embedding-dispatcher")
+        return list(await asyncio.gather(*futures))
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._dispatcher, *self._in_flight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._queue:
+            self._queue.popleft()[1].cancel()
+
+    async def _dispatch(self) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+        while True:
+            await self._queued.wait()
+            await gate.acquire()
+            batch: list[tuple[str, asyncio.Future[list[float]]]] = []
+            while self._queue and len(batch) < self.batch_size:
+                text, future = self._queue.popleft()
+                if not future.done():  # its caller may have been cancelled
+                    batch.append((text, future))
+            if not self._queue:
+                self._queued.clear()
+            if not batch:
+                gate.release()
+                continue
+            task = asyncio.create_task(self._send(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(lambda _: gate.release())
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[list[float]]]]) -> None:
+        try:
+            body = await self._call("/v1/embeddings", {"input": [text for text, _ in batch]})
+            rows = sorted(body["data"], key=lambda row: row["index"])
+            if len(rows) != len(batch):
+                raise UpstreamFailed(f"embedding server returned {len(rows)} of {len(batch)}")
+        except asyncio.CancelledError:  # the embedder is closing
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), row in zip(batch, rows, strict=True):
+            if not future.done():
+                future.set_result(row["embedding"])
+
+    async def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """The served model's exact token count of each text (special tokens excluded).
+
+        One ``/tokenize`` call measures up to ``batch_size`` texts: llama-server tokenizes each
+        string of a mixed content list on its own, so a marker token id after each text splits
+        its answer into exact per-text counts. With ``parse_special`` off a text cannot yield a
+        control token; if the marker still shows up elsewhere (a vocabulary where it is an
+        ordinary token) the batch is measured text by text instead. Literal special-token
+        strings in a text then count as their pieces: an overestimate, never an underestimate.
+        """
+        gate = asyncio.Semaphore(self.concurrency * 2)
+
+        async def batch(part: Sequence[str]) -> list[int]:
+            content: list[str | int] = []
+            for text in part:
+                content += [text, MARKER_TOKEN]
+            async with gate:
+                body = await self._call("/tokenize", {"content": content, "parse_special": False})
+            tokens: list[int] = body["tokens"]
+            ends = [index for index, token in enumerate(tokens) if token == MARKER_TOKEN]
+            if len(ends) != len(part):
+                return [await one(text) for text in part]
+            return [end - start - 1 for start, end in zip([-1, *ends], ends, strict=False)]
+
+        async def one(text: str) -> int:
+            async with gate:
+                body = await self._call("/tokenize", {"content": text})
+            return len(body["tokens"])
+
+        size = self.batch_size
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
+        counts = await asyncio.gather(*(batch(part) for part in parts))
+        return [count for part in counts for count in part]
+
+    async def _call(self, path: str, payload: dict[str, Any]) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self.upstream.request("POST", path, json=payload)
+                if response.status_code >= 500:
+                    raise _Transient(
+                        f"embedding server answered HTTP {response.status_code}: "
+                        f"{response.text[:200]}"
+                    )
+                if response.status_code >= 400:
+                    raise UpstreamFailed(
+                        f"embedding server rejected the request (HTTP {response.status_code}): "
+                        f"{response.text[:200]}"
+                    )
+                return response.json()
+            except (_Transient, UpstreamUnavailable, httpx.HTTPError) as exc:
+                if attempt >= self.max_attempts:
+                    if isinstance(exc, RagError):
+                        raise
+                    raise UpstreamUnavailable(f"embedding server unreachable: {exc}") from exc
+                delay = self.backoff * 2 ** (attempt - 1)
+                await asyncio.sleep(delay * (0.5 + random.random()))

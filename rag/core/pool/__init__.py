@@ -1,0 +1,21 @@
+"""Slot-balanced pools of ``llama-server`` upstreams, used in-process and by ``rag balancer``.
+
+policy.py      choose(): the pure choice of an upstream
+upstream.py    what is known of one upstream (health, slots, requests in flight)
+poller.py      the task per upstream that reads /health, /slots, /props
+buffer.py      the bounded FIFO of requests waiting for a slot
+scheduler.py   slot leases: choice, buffer, prefix affinity, early handoff
+budget.py      token budgets of generation requests, events of their streams
+pool.py        Pool: membership, request() and stream() with failover
+proxy.py       passing answers through unchanged while measuring them
+prefix.py      prefix keys for cache affinity from request bodies
+membership.py  supervised children joining a pool
+metrics.py     Prometheus metrics
+"""
+
+from rag.core.pool.errors import UpstreamRejected
+from rag.core.pool.metrics import PoolMetrics
+from rag.core.pool.policy import POLICIES, Candidate, Policy, choose
+from rag.core.pool.pool import Pool
+
+__all__ = ["POLICIES", "Candidate", "Policy", "Pool", "PoolMetrics", "UpstreamRejected", "choose"]

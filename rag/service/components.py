@@ -1,0 +1,212 @@
+"""The components one process builds once at start-up from its settings, and closes in one place.
+
+``open_components`` is used by the API's lifespan (``rag run``, ``rag serve``) and by
+``rag worker``, so that the embedded default and a scaled deployment run the same code with other
+settings. Everything is built here, eagerly, and handed down: each route and each worker takes
+the parts it needs (``rag/api/deps.py``), never the whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from ingest.blobs import BlobStore
+from ingest.chunking import ChunkingOptions
+from ingest.pipeline import IngestOptions, prepare_parse_process
+from ingest.registry import Registry
+from ingest.worker import Workers
+from rag.answer import AnswerService
+from rag.core.embeddings import Embedder
+from rag.core.pool import Pool
+from rag.core.pool.client import PoolClient
+from rag.core.pool.settings import build_client, build_pool
+from rag.core.runtime.membership import follow_supervisor
+from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
+from rag.core.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
+from rag.core.search import Searcher
+from rag.core.settings import Settings
+from rag.core.vectorstore import VectorStore
+from rag.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedRuntime:
+    """The llama-server children this process starts and supervises."""
+
+    binary: Path
+    specs: list[ChildSpec]
+
+
+@dataclass(frozen=True)
+class Components:
+    """What a process built at start-up. Nothing is added later, and nothing takes it whole:
+    the app's dependencies and the workers each get their part."""
+
+    settings: Settings
+    metrics: Metrics
+    embedding_pool: Pool
+    generation_pool: Pool
+    registry: Registry
+    blobs: BlobStore
+    store: VectorStore
+    embedder: Embedder
+    searcher: Searcher
+    answers: AnswerService
+    supervisor: Supervisor | None
+    workers: Workers | None
+
+
+def ingest_options(settings: Settings) -> IngestOptions:
+    return IngestOptions(
+        chunking=ChunkingOptions(
+            size_tokens=settings.chunk_size_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens,
+            rows_per_chunk=settings.csv_rows_per_chunk,
+        ),
+        embedding_max_tokens=settings.embedding_max_tokens,
+        # one group keeps every embedding call of a round in flight
+        upsert_batch=settings.embedding_batch_size * settings.embedding_concurrency,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_components(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    runtime: EmbeddedRuntime | None = None,
+    run_workers: bool = False,
+) -> AsyncIterator[Components]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        # one client per upstream kind (aiohttp underneath, see rag/core/pool/client.py)
+        embedding_http = await stack.enter_async_context(build_client(settings.pool))
+        generation_http = await stack.enter_async_context(build_client(settings.pool))
+        embedding_pool = build_pool("embedding", embedding_http, settings.pool, metrics.pool)
+        generation_pool = build_pool("generation", generation_http, settings.pool, metrics.pool)
+        for url in settings.embedding_urls:
+            embedding_pool.add_upstream(url)
+        for url in settings.generation_urls:
+            generation_pool.add_upstream(url)
+        await embedding_pool.start()
+        stack.push_async_callback(embedding_pool.stop)
+        await generation_pool.start()
+        stack.push_async_callback(generation_pool.stop)
+
+        supervisor = None
+        if runtime is not None:
+            supervisor = _supervisor(settings, runtime, generation_http, metrics)
+            follow_supervisor(embedding_pool, supervisor, "embedding")
+            follow_supervisor(generation_pool, supervisor, "generation")
+            await supervisor.start()
+            stack.push_async_callback(supervisor.stop)
+
+        registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
+        stack.push_async_callback(registry.close)
+        blobs = BlobStore(settings.data_dir / "blobs")
+        store = VectorStore.open(
+            url=settings.qdrant_url,
+            path=str(settings.data_dir / "qdrant"),
+            timeout=settings.qdrant_timeout,
+            dimensions=EMBEDDING_DIMENSIONS,
+        )
+        stack.push_async_callback(store.close)
+        embedder = Embedder(
+            embedding_pool,
+            batch_size=settings.embedding_batch_size,
+            concurrency=settings.embedding_concurrency,
+        )
+        stack.push_async_callback(embedder.close)
+        searcher = Searcher(
+            store,
+            embedder,
+            max_query_tokens=settings.embedding_max_tokens,
+            score_threshold=settings.score_threshold,
+        )
+        answers = AnswerService(
+            searcher=searcher, pool=generation_pool, embedder=embedder, settings=settings
+        )
+        workers = None
+        if run_workers and settings.workers > 0:
+            workers = _workers(settings, stack, registry, blobs, store, embedder)
+            workers.start()
+            stack.push_async_callback(workers.stop)
+        yield Components(
+            settings=settings,
+            metrics=metrics,
+            embedding_pool=embedding_pool,
+            generation_pool=generation_pool,
+            registry=registry,
+            blobs=blobs,
+            store=store,
+            embedder=embedder,
+            searcher=searcher,
+            answers=answers,
+            supervisor=supervisor,
+            workers=workers,
+        )
+
+
+def _supervisor(
+    settings: Settings, runtime: EmbeddedRuntime, http: PoolClient, metrics: Metrics
+) -> Supervisor:
+    """Supervise the children; their state shows in the metrics."""
+    supervisor = Supervisor(
+        runtime.binary,
+        runtime.specs,
+        logs_dir=settings.logs_dir,
+        http=http,
+        start_timeout=settings.child_start_timeout,
+        backoff_max=settings.child_restart_backoff_max,
+    )
+
+    def on_change(child: Child) -> None:
+        labels = (child.spec.name, child.spec.role)
+        metrics.child_up.labels(*labels).set(1 if child.state is ChildState.HEALTHY else 0)
+        metrics.child_restarts.labels(*labels).set(child.restarts)
+
+    supervisor.subscribe(on_change)
+    return supervisor
+
+
+def _workers(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    registry: Registry,
+    blobs: BlobStore,
+    store: VectorStore,
+    embedder: Embedder,
+) -> Workers:
+    # spawn, not fork: a forked child would inherit (and outlive us holding) the lock of Qdrant
+    # local mode and every other descriptor this process has open; and each parse process dies
+    # with us, even when we are SIGKILLed
+    executor = stack.enter_context(
+        ProcessPoolExecutor(
+            settings.parse_processes,
+            mp_context=get_context("spawn"),
+            initializer=prepare_parse_process,
+            initargs=(os.getpid(),),
+        )
+    )
+    for _ in range(settings.parse_processes):  # start and warm them now, not on the first upload
+        executor.submit(int)
+    return Workers(
+        registry=registry,
+        blobs=blobs,
+        store=store,
+        embedder=embedder,
+        options=ingest_options(settings),
+        executor=executor,
+        concurrency=settings.workers,
+        lease_seconds=settings.job_lease_seconds,
+        progress_interval=settings.job_progress_interval,
+    )
