@@ -24,8 +24,8 @@ from starlette.types import Message, Receive, Scope, Send
 from rag.core.errors import RagError
 from rag.core.pool import Pool, UpstreamRejected
 from rag.core.pool.budget import token_budget
+from rag.core.pool.observe import raw_chunks
 from rag.core.pool.prefix import request_prefix
-from rag.core.pool.proxy import raw_chunks
 from rag.web.errors import error_response
 
 log = logging.getLogger(__name__)

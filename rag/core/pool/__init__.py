@@ -7,9 +7,9 @@ buffer.py      the bounded FIFO of requests waiting for a slot
 scheduler.py   slot leases: choice, buffer, prefix affinity, early handoff
 budget.py      token budgets of generation requests, events of their streams
 pool.py        Pool: membership, request() and stream() with failover
-proxy.py       passing answers through unchanged while measuring them
+observe.py     watching answers go by unchanged: first chunk, events, timings
 prefix.py      prefix keys for cache affinity from request bodies
-membership.py  supervised children joining a pool
+settings.py    PoolSettings, the one settings model, and build_pool / build_client
 metrics.py     Prometheus metrics
 """
 

@@ -23,9 +23,9 @@ from rag.core.pool.budget import token_budget
 from rag.core.pool.client import PoolClient
 from rag.core.pool.errors import UpstreamRejected
 from rag.core.pool.metrics import PoolMetrics
+from rag.core.pool.observe import generation_timings, observe
 from rag.core.pool.policy import check_policy
 from rag.core.pool.poller import run_poller
-from rag.core.pool.proxy import generation_timings, observe
 from rag.core.pool.scheduler import Lease, Scheduler
 from rag.core.pool.upstream import Upstream, UpstreamState
 

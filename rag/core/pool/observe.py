@@ -3,47 +3,22 @@
 ``ObservedStream`` wraps the byte stream of an upstream response: it records the time to the first
 chunk, the events streamed (for the scheduler's early handoff) and, from the tail of the answer,
 the generation speed that llama.cpp reports in its ``timings`` object, without changing a byte.
-``forward_headers`` and ``response_headers`` drop the hop-by-hop headers that must not cross a
-proxy.
+(Which headers cross the balancer is decided in one place, ``rag/balancer/proxy.py``.)
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
 from rag.core.pool.budget import stream_events
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
 _TAIL_BYTES = 4096
 _PREDICTED_PER_SECOND = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
 _PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
-
-
-def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The client's request headers worth sending upstream."""
-    return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
-
-
-def response_headers(headers: httpx.Headers) -> dict[str, str]:
-    """The upstream's response headers worth sending to the client."""
-    return {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
 
 
 def generation_timings(tail: bytes) -> tuple[float, int] | None:
