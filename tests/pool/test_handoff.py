@@ -10,7 +10,7 @@ import asyncio
 from rag.core.pool.budget import stream_events, token_budget
 from rag.core.pool.metrics import PoolMetrics
 from rag.core.pool.scheduler import Lease, Scheduler
-from rag.core.pool.upstream import Upstream, UpstreamState
+from rag.core.pool.upstream import UpstreamState
 
 
 def scheduler(
@@ -26,7 +26,10 @@ def scheduler(
         handoff_tokens=handoff_tokens, affinity_wait=affinity_wait,
     )  # fmt: skip
     for url in urls:
-        sched.upstreams[url] = Upstream(url, state=UpstreamState.HEALTHY, slots_total=slots)
+        sched.add(url)
+        upstream = sched.upstream(url)
+        assert upstream is not None
+        upstream.state, upstream.slots_total = UpstreamState.HEALTHY, slots  # as a poll would
     return sched
 
 
@@ -124,7 +127,7 @@ async def test_a_long_prefix_waits_for_its_owner_then_goes_anywhere() -> None:
     sched = scheduler("http://a", "http://b", affinity_wait=0.2)
     first = await sched.acquire(True, LONG, frozenset(), None)  # the prefix now lives there
     owner = first.upstream
-    other = next(u for u in sched.upstreams.values() if u is not owner)
+    other = next(u for u in sched.members() if u is not owner)
     same = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
     await asyncio.sleep(0)
     assert not same.done()  # waits for the owner although the other upstream is free

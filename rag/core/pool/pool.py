@@ -85,7 +85,6 @@ class Pool:
             handoff_tokens=handoff_tokens,
             affinity_wait=affinity_wait,
         )
-        self._upstreams = self.scheduler.upstreams
         self._pollers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._started = False
 
@@ -97,7 +96,7 @@ class Pool:
 
     async def start(self) -> None:
         self._started = True
-        for url in self._upstreams:
+        for url in self.scheduler.urls():
             self._start_poller(url)
 
     async def stop(self) -> None:
@@ -111,31 +110,21 @@ class Pool:
 
     def add_upstream(self, url: str) -> None:
         url = url.rstrip("/")
-        if url in self._upstreams:
-            self._upstreams[url].draining = False
-            self.scheduler.idle[url].set()  # ends a drain in progress
+        if not self.scheduler.add(url):
             return
-        self._upstreams[url] = Upstream(url)
-        self.scheduler.idle[url] = asyncio.Event()
         log.info("pool %s: upstream %s added", self.name, url)
         if self._started:
             self._start_poller(url)
 
     async def remove_upstream(self, url: str, *, drain: bool = True) -> None:
         url = url.rstrip("/")
-        upstream = self._upstreams.get(url)
+        upstream = self.scheduler.upstream(url)
         if upstream is None:
             raise NotFound(f"no upstream {url} in pool {self.name}")
-        upstream.draining = True
         if drain and upstream.requests > 0:
             log.info("pool %s: draining %s (%d requests)", self.name, url, upstream.requests)
-            idle = self.scheduler.idle[url]
-            idle.clear()
-            while upstream.requests > 0 and upstream.draining:
-                await idle.wait()
-                idle.clear()
-            if not upstream.draining:  # registered again while draining
-                return
+        if not await self.scheduler.drain(url, wait=drain):
+            return  # registered again while draining
         poller = self._pollers.pop(url, None)
         if poller is not None:
             poller[0].cancel()
@@ -145,7 +134,7 @@ class Pool:
 
     @property
     def urls(self) -> list[str]:
-        return list(self._upstreams)
+        return self.scheduler.urls()
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -153,18 +142,20 @@ class Pool:
             "name": self.name,
             "policy": self.policy,
             "affinity": self.scheduler.affinity,
-            "upstreams": [u.status(now) for u in self._upstreams.values()],
+            "upstreams": [u.status(now) for u in self.scheduler.members()],
             "buffered": len(self.scheduler.buffer),
             "buffer_size": self.scheduler.buffer.capacity,
             "oldest_wait_seconds": round(self.scheduler.buffer.oldest_wait(), 3),
         }
 
     def _start_poller(self, url: str) -> None:
+        upstream = self.scheduler.upstream(url)
+        assert upstream is not None, url
         wake = asyncio.Event()
         task = asyncio.create_task(
             run_poller(
                 self.http,
-                self._upstreams[url],
+                upstream,
                 interval=self.poll_interval,
                 wake=wake,
                 on_change=self.scheduler.dispatch,  # a poll may show freed slots
@@ -206,7 +197,7 @@ class Pool:
         tried: set[str] = set()
         last: str = "no upstream answered"
         while True:
-            if tried and tried.issuperset(self._upstreams):
+            if tried and tried.issuperset(self.scheduler.urls()):
                 raise UpstreamFailed(f"every upstream of pool {self.name} failed: {last}")
             lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget)
             upstream = lease.upstream

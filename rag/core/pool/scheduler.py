@@ -77,21 +77,57 @@ class Scheduler:
         self.affinity_slack = affinity_slack
         self.handoff_tokens = handoff_tokens
         self.affinity_wait = affinity_wait
-        self.upstreams: dict[str, Upstream] = {}
-        self.idle: dict[str, asyncio.Event] = {}
+        self._upstreams: dict[str, Upstream] = {}
+        self._idle: dict[str, asyncio.Event] = {}  # set when an upstream has no request left
         self.buffer = WaitQueue(buffer_size)
         self._affinity: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # key -> holders
         self._ending: dict[Lease, None] = {}  # leases near their budget, not handed on yet
         self._turn = 0
-        metrics.upstreams.watch(name, self.upstreams)
+        metrics.upstreams.watch(name, self._upstreams)
+
+    # --- membership: the pool adds and removes, the scheduler keeps the state ------------------
+
+    def upstream(self, url: str) -> Upstream | None:
+        return self._upstreams.get(url)
+
+    def members(self) -> list[Upstream]:
+        return list(self._upstreams.values())
+
+    def urls(self) -> list[str]:
+        return list(self._upstreams)
+
+    def add(self, url: str) -> bool:
+        """Register ``url``; ``False`` when it was there already (a drain in progress ends)."""
+        upstream = self._upstreams.get(url)
+        if upstream is not None:
+            upstream.draining = False
+            self._idle[url].set()  # wakes the drain, which sees it is wanted again
+            return False
+        self._upstreams[url] = Upstream(url)
+        self._idle[url] = asyncio.Event()
+        self.dispatch()
+        return True
+
+    async def drain(self, url: str, *, wait: bool = True) -> bool:
+        """Send ``url`` nothing new and (``wait``) wait until its requests are done; ``False`` if
+        it was registered again meanwhile (it stays)."""
+        upstream = self._upstreams[url]
+        upstream.draining = True
+        idle = self._idle[url]
+        while wait and upstream.requests > 0 and upstream.draining:
+            idle.clear()
+            await idle.wait()
+        return upstream.draining
 
     def forget(self, url: str) -> None:
         """Drop ``url`` from the membership and the affinity table."""
-        self.upstreams.pop(url, None)
-        self.idle.pop(url, None)
+        self._upstreams.pop(url, None)
+        self._idle.pop(url, None)
         holders = ((k, tuple(u for u in v if u != url)) for k, v in self._affinity.items())
         self._affinity = OrderedDict((k, v) for k, v in holders if v)
         self.dispatch()
+
+    # --- leases --------------------------------------------------------------------------------
 
     def fail_waiters(self, error: Exception) -> None:
         for waiter in self.buffer:
@@ -130,7 +166,7 @@ class Scheduler:
         self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str], waited: float = 0.0
     ) -> Upstream | None:
         now = time.monotonic()
-        usable = [u for u in self.upstreams.values() if u.usable(now) and u.url not in exclude]
+        usable = [u for u in self._upstreams.values() if u.usable(now) and u.url not in exclude]
         holders, matched = self.holders(prefix)
         chosen = choose(
             [u.candidate() for u in usable],
@@ -144,7 +180,7 @@ class Scheduler:
         if chosen is None:
             return None
         self._turn += 1
-        return self.upstreams[chosen.url]
+        return self._upstreams[chosen.url]
 
     def reserve(self, upstream: Upstream, slot: bool, prefix: tuple[str, ...]) -> None:
         upstream.requests += 1
@@ -164,8 +200,9 @@ class Scheduler:
         upstream.requests -= 1
         if lease.slot:
             upstream.gave_slot()
-        if upstream.requests == 0 and upstream.url in self.idle:
-            self.idle[upstream.url].set()
+        idle = self._idle.get(upstream.url)
+        if upstream.requests == 0 and idle is not None:
+            idle.set()
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -225,11 +262,11 @@ class Scheduler:
 
     def _slot_free(self) -> bool:
         now = time.monotonic()
-        return any(u.usable(now) and u.candidate().slots_free > 0 for u in self.upstreams.values())
+        return any(u.usable(now) and u.candidate().slots_free > 0 for u in self._upstreams.values())
 
     def none_can_serve(self, exclude: frozenset[str]) -> float | None:
         """Seconds to suggest retrying after if no upstream could serve soon, else None."""
-        members = [u for u in self.upstreams.values() if not u.draining and u.url not in exclude]
+        members = [u for u in self._upstreams.values() if not u.draining and u.url not in exclude]
         if not members:
             return self.quarantine
         if all(u.state is UpstreamState.UNREACHABLE for u in members):
