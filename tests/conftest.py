@@ -25,6 +25,20 @@ from rag.core.settings import Settings
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+# Fixtures that build llama-server and prepare the models (or reuse them from the runtime cache):
+# every fixture that starts a real llama-server depends on one of them.
+RUNTIME_FIXTURES = frozenset({"runtime", "binaries"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: it must see the marks added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``llama`` every test that needs the runtime, through any chain of fixtures (for
+    example ``qa_app`` -> ``embedding_server`` -> ``runtime``), so that ``-m "not llama"`` is
+    the fast subset that never builds llama-server nor prepares a model."""
+    for item in items:
+        if RUNTIME_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.llama)
+
 
 @pytest.fixture(scope="session")
 def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
