@@ -182,6 +182,21 @@ def service_settings(
     return base.model_copy(update=values)
 
 
+async def wait_for(predicate: Any, within: float = 10.0, step: float = 0.05) -> bool:
+    """Await ``predicate()`` (sync or async) until true or ``within`` seconds passed; whether it
+    came true. The one way the tests wait for something to happen, instead of a fixed sleep."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(step)
+
+
 async def wait_job(http: httpx.AsyncClient, base: str, job_id: str, within: float = 120) -> Any:
     """Poll ``GET /v1/jobs/{id}`` until the job succeeds or fails; return its last state."""
     deadline = time.monotonic() + within

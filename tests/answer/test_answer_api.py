@@ -6,14 +6,26 @@ given sources, events in order, limits), never its wording."""
 
 from __future__ import annotations
 
-import asyncio
 import re
+import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from rag.answer.schema import answer_schema, validate_answer
-from tests.answer.conftest import COLLECTION, QaApp, parse_events
+from tests.answer.conftest import (
+    COLLECTION,
+    DOCUMENTS,
+    QaApp,
+    ServedApp,
+    answer_settings,
+    ingest_texts,
+    parse_events,
+    serve,
+    wait_pool_ready,
+)
+from tests.conftest import RunningServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,15 +125,57 @@ async def test_absent_topic_gets_i_dont_know_without_calling_the_model(qa_app: Q
     assert after == before, "the generation server processed no prompt"
 
 
-async def test_client_disconnect_stops_generation_and_frees_the_slot(qa_app: QaApp) -> None:
+@pytest.fixture(scope="module")
+async def long_answers(
+    tmp_path_factory: pytest.TempPathFactory,
+    embedding_server: RunningServer,
+    answer_generation_server: RunningServer,
+) -> AsyncIterator[ServedApp]:
+    """The service with room for long answers (480 tokens, no repetition penalty: the small
+    model runs on until a limit stops it), on the session's servers, with ``DOCUMENTS``."""
+    settings = answer_settings(
+        tmp_path_factory.mktemp("long-answers"),
+        embedding_urls=[embedding_server.url],
+        generation_urls=[answer_generation_server.url],
+        answer_max_tokens=480,
+        answer_max_chars=3000,
+        answer_repeat_penalty=1.0,
+    )
+    async with serve(settings) as served:
+        await wait_pool_ready(served.components)
+        await ingest_texts(served.components, COLLECTION, DOCUMENTS)
+        yield served
+
+
+async def test_client_disconnect_stops_generation_and_frees_the_slot(
+    long_answers: ServedApp,
+) -> None:
     body = {
-        "question": "Describe everything about the Brightwater lighthouse, its keeper and lamp.",
+        # the model writes on until the token limit cuts it off (an ``error`` event at the end)
+        "question": "Write a very long, detailed essay about lighthouses, sea otters and "
+        "llama-server slots.",
         "collection": COLLECTION,
         "top_k": 3,
         "stream": True,
     }
-    pool = qa_app.served.components.generation_pool
-    async with httpx.AsyncClient(base_url=qa_app.served.url, timeout=120) as http:
+    (generation_url,) = long_answers.settings.generation_urls
+    pool = long_answers.components.generation_pool
+
+    async def free() -> bool:
+        slots = (await http.get(f"{generation_url}/slots")).json()
+        upstream = pool.status()["upstreams"][0]
+        return not any(s["is_processing"] for s in slots) and upstream["requests_in_flight"] == 0
+
+    async with httpx.AsyncClient(base_url=long_answers.url, timeout=120) as http:
+        # how long the same answer takes undisturbed (temperature 0: the same tokens each time)
+        started = time.monotonic()
+        undisturbed = await http.post("/v1/answer", json=body)
+        assert undisturbed.status_code == 200
+        takes = time.monotonic() - started
+        assert takes > 3.0, f"the answer is too short to tell: {takes:.1f} s"
+        assert await free()
+
+        started = time.monotonic()
         async with http.stream("POST", "/v1/answer", json=body) as response:
             assert response.status_code == 200
             seen = []
@@ -130,12 +184,8 @@ async def test_client_disconnect_stops_generation_and_frees_the_slot(qa_app: QaA
                     seen.append(line[6:].strip())
                 if "delta" in seen:
                     break  # leave: the connection is closed mid-answer
+        left = time.monotonic()
         assert "answer" not in seen
-        deadline = asyncio.get_running_loop().time() + 5
-        while True:
-            slots = (await http.get(f"{qa_app.generation_url}/slots")).json()
-            upstream = pool.status()["upstreams"][0]
-            if not any(s["is_processing"] for s in slots) and upstream["requests_in_flight"] == 0:
-                break
-            assert asyncio.get_running_loop().time() < deadline, (slots, upstream)
-            await asyncio.sleep(0.1)
+        would_end = takes - (left - started)  # seconds after the client left
+        freed = await wait_for(free, within=would_end / 3)
+        assert freed, f"the slot still busy {time.monotonic() - left:.1f} s after the client left"

@@ -3,7 +3,6 @@ served by uvicorn in this process."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from rag.core.settings import Settings
 from tests.conftest import serve_app, start_children
 
 SLOTS = 2
+SLOT_CTX = 2048  # tokens of context per slot: room for holds that last many seconds
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ def binaries(base_settings: Settings) -> Binaries:
 
 
 def server_args(model: Path) -> tuple[str, ...]:
-    return ("-m", str(model), "-c", str(512 * SLOTS), "-np", str(SLOTS), "-t", "1", "--no-webui")
+    ctx = str(SLOT_CTX * SLOTS)
+    return ("-m", str(model), "-c", ctx, "-np", str(SLOTS), "-t", "1", "--no-webui")
 
 
 async def start_servers(
@@ -77,27 +78,36 @@ async def answers_health(http: httpx.AsyncClient, url: str) -> bool:
     return (await http.get(f"{url}/health")).status_code == 200
 
 
-async def wait_for(predicate: Any, within: float = 10.0, step: float = 0.05) -> bool:
-    """Await ``predicate()`` (sync or async) until true or ``within`` seconds passed."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return True
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(step)
-
-
 serving = serve_app  # one way to serve an app in the tests (tests/conftest.py)
 
 
-HOLD = {"prompt": "Count from one to one thousand: one, two,", "n_predict": 400, "ignore_eos": True}
+# Nearly the whole slot (the prompt is about a dozen tokens), without stopping at an end of
+# text: at most a few ms a token, that is many seconds on any CPU.
+HOLD = {
+    "prompt": "Count from one to one thousand: one, two,",
+    "n_predict": SLOT_CTX - 64,
+    "ignore_eos": True,
+}
 
 
 @pytest.fixture
 def hold_body() -> dict[str, Any]:
     """A streaming /completion that keeps a slot busy until the client goes."""
     return {**HOLD, "stream": True}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What llama-server's ``/slots`` says of a slot's running generation."""
+
+    decoded: int  # tokens generated so far
+    remaining: int  # tokens still to generate (n_remain)
+
+
+async def busy_generations(http: httpx.AsyncClient, url: str) -> list[Generation]:
+    slots = (await http.get(f"{url}/slots")).json()
+    return [
+        Generation(slot["next_token"][0]["n_decoded"], slot["next_token"][0]["n_remain"])
+        for slot in slots
+        if slot["is_processing"]
+    ]

@@ -19,7 +19,8 @@ import pytest
 
 from rag.balancer import BalancerSettings, balancer_settings, create_balancer_app
 from rag.core.runtime.supervisor import free_port
-from tests.pool.conftest import answers_health, busy_slots, serving, wait_for
+from tests.conftest import wait_for
+from tests.pool.conftest import answers_health, busy_generations, busy_slots, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,14 +126,24 @@ async def _idle(http: httpx.AsyncClient, url: str) -> bool:
 async def test_client_disconnect_frees_the_slot(
     balancer: str, upstreams: list[str], hold_body: dict[str, Any]
 ) -> None:
+    """A client that leaves mid-stream frees its slot long before its generation would end."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=2.0)) as http:
         async with http.stream("POST", f"{balancer}/completion", json=hold_body) as response:
-            async for _ in response.aiter_raw():
-                break
-            busy = [await busy_slots(http, url) for url in upstreams]
-            assert sum(busy) == 1
-        # the client is gone: the upstream request is cancelled and the slot free in /slots
-        assert await wait_for(lambda: _all_idle(http, upstreams), within=3)
+            lines = response.aiter_lines()
+            await anext(lines)
+            (held,) = [url for url in upstreams if await busy_slots(http, url)]
+            (first,) = await busy_generations(http, held)
+            started = time.monotonic()
+            for _ in range(100):  # a hundred tokens or so, to measure the server's speed
+                await anext(lines)
+            (then,) = await busy_generations(http, held)
+            left = time.monotonic()
+        # the client is gone; undisturbed, the generation would run ``remaining`` more tokens
+        speed = (then.decoded - first.decoded) / (left - started)  # tokens per second
+        would_end = then.remaining / speed  # seconds after the client left
+        assert would_end > 2.0, f"the hold is too short to tell ({then}, {speed:.0f} tokens/s)"
+        freed = await wait_for(lambda: _all_idle(http, upstreams), within=would_end / 3)
+        assert freed, f"a slot still busy {time.monotonic() - left:.1f} s after the client left"
         pool = (await http.get(f"{balancer}/v1/pool")).json()
         assert sum(u["requests_in_flight"] for u in pool["upstreams"]) == 0
 

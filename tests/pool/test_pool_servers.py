@@ -13,7 +13,8 @@ from rag.core.pool import Pool
 from rag.core.pool.client import PoolClient
 from rag.core.pool.prefix import prefix_chain
 from rag.core.settings import Settings
-from tests.pool.conftest import Binaries, busy_slots, start_servers, wait_for
+from tests.conftest import wait_for
+from tests.pool.conftest import Binaries, busy_slots, start_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,7 +19,8 @@ from rag.balancer import balancer_settings, create_balancer_app
 from rag.core.pool import Pool
 from rag.core.pool.client import PoolClient, pool_client
 from rag.core.runtime.supervisor import free_port
-from tests.pool.conftest import answers_health, serving, wait_for
+from tests.conftest import wait_for
+from tests.pool.conftest import answers_health, serving
 
 
 class ScriptedServer:
