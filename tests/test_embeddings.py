@@ -1,5 +1,6 @@
-"""The embedder's batching, ordering, retries and give-up, against an upstream faked at the
-HTTP boundary (httpx.MockTransport); token counts also against the real embedding server."""
+"""The embedder's batching, ordering and errors (sent once: the pool is the one retry layer),
+against an upstream faked at the HTTP boundary (httpx.MockTransport); token counts also against
+the real embedding server."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from rag.core.embeddings import Embedder
-from rag.core.errors import UpstreamFailed, UpstreamUnavailable
+from rag.core.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
 from tests.conftest import RunningServer
 
 VOCABULARY = {"zero": 0}
@@ -55,34 +56,53 @@ class Upstream:
 
 async def test_batches_keep_order() -> None:
     upstream = Upstream()
-    embedder = Embedder(upstream, batch_size=3, concurrency=2, backoff=0.001)
+    embedder = Embedder(upstream, batch_size=3, concurrency=2)
     texts = [f"text number {'x' * i}" for i in range(8)]
     vectors = await embedder.embed(texts)
     assert [v[0] for v in vectors] == [float(len(t)) for t in texts]
     assert [len(call["input"]) for call in upstream.calls] == [3, 3, 2]
 
 
-async def test_retries_transient_failures() -> None:
-    upstream = Upstream(failures=2)
-    embedder = Embedder(upstream, batch_size=8, max_attempts=4, backoff=0.001)
-    assert len(await embedder.embed(["a", "b"])) == 2
-    assert len(upstream.calls) == 3
-
-
-async def test_gives_up_after_max_attempts() -> None:
+async def test_a_failed_batch_is_not_retried() -> None:
+    """A 5xx reaching the embedder has been failed over by the pool already: sent once."""
     upstream = Upstream(failures=10)
-    embedder = Embedder(upstream, max_attempts=3, backoff=0.001)
+    embedder = Embedder(upstream)
     with pytest.raises(UpstreamFailed, match="503"):
-        await embedder.embed(["a"])
-    assert len(upstream.calls) == 3
+        await embedder.embed(["a", "b"])
+    assert len(upstream.calls) == 1
 
 
 async def test_a_rejected_request_is_not_retried() -> None:
     upstream = Upstream(failures=10, status=400)
-    embedder = Embedder(upstream, max_attempts=3, backoff=0.001)
+    embedder = Embedder(upstream)
     with pytest.raises(UpstreamFailed, match="rejected"):
         await embedder.embed(["a"])
     assert len(upstream.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UpstreamUnavailable("no slot freed within 1 s", retry_after=2.0),
+        RateLimited("all slots are busy and the buffer is full"),
+    ],
+)
+async def test_pool_errors_pass_through_once_and_unchanged(error: Exception) -> None:
+    """The pool's 503 (buffer timeout) and 429 (buffer full) reach the caller as they are, after
+    one call: no retry stacked on the pool's own wait."""
+    calls = 0
+
+    class Saturated:
+        async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+            nonlocal calls
+            calls += 1
+            raise error
+
+    for call in (Embedder(Saturated()).embed(["a"]), Embedder(Saturated()).token_counts(["b"])):
+        with pytest.raises(type(error)) as raised:
+            await call
+        assert raised.value is error
+    assert calls == 2
 
 
 async def test_connection_errors_become_unavailable() -> None:
@@ -96,7 +116,7 @@ async def test_connection_errors_become_unavailable() -> None:
             return await client.request(method, path, json=json)
 
     with pytest.raises(UpstreamUnavailable):
-        await Embedder(Down(), max_attempts=2, backoff=0.001).embed(["a"])
+        await Embedder(Down()).embed(["a"])
 
 
 async def test_token_counts() -> None:

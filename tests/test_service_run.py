@@ -74,7 +74,7 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float) -> 
 
 def _child_pids(base: str) -> list[int]:
     children = httpx.get(f"{base}/v1/runtime", timeout=5).json()["children"]
-    assert {child["role"] for child in children} == {"embedding", "generation"}
+    assert {child["role"] for child in children} == {"embedding", "embedding-query", "generation"}
     return [int(child["pid"]) for child in children]
 
 

@@ -3,31 +3,36 @@
 Texts from every caller go into one queue; a dispatcher sends them in batches of up to
 ``batch_size`` with up to ``concurrency`` batches in flight. While all slots are busy the queue
 grows, so the next batch is fuller: many small documents ingested at once are embedded in batches
-as large as one big document's (adaptive batching, no timer). A failed batch (5xx, connection
-error, timeout) is retried with jittered exponential backoff. Token lengths come from the
+as large as one big document's (adaptive batching, no timer). Token lengths come from the
 server's own ``/tokenize``, which is exact for whatever model is served (tiktoken is only an
 approximation of WordPiece).
+
+Lanes: the service builds two embedders (``rag/service/components.py``), one for ingestion and
+one for queries (search, answers, citation checks), each with its own queue and gate. A query
+never waits behind ingestion texts here; with embedding servers of its own (the query pool) it
+does not wait behind them inside a llama-server either, which runs every input of a
+``/v1/embeddings`` call as its own task in arrival order over all its slots.
+
+One retry layer: each call is sent once. The pool (``rag/core/pool``) fails over to another
+upstream before the first byte and bounds the wait for a slot (its buffer: 429 when full, 503
+after ``buffer_timeout``); retrying on top of it here would multiply that wait. Its errors pass
+through unchanged, ``Retry-After`` included; ingestion jobs have their own retry (``retry_wait``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import httpx
 
-from rag.core.errors import RagError, UpstreamFailed, UpstreamUnavailable
+from rag.core.errors import UpstreamFailed, UpstreamUnavailable
 
 MARKER_TOKEN = 0
 """Token id put after each text of a batched ``/tokenize`` call ([PAD] in BERT vocabularies)."""
-
-
-class _Transient(UpstreamFailed):
-    """A 5xx from the embedding server: worth another try."""
 
 
 class JsonUpstream(Protocol):
@@ -43,18 +48,19 @@ class Embedder:
         *,
         batch_size: int = 32,
         concurrency: int = 4,
-        max_attempts: int = 4,
-        backoff: float = 0.5,
     ) -> None:
         self.upstream = upstream
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self.max_attempts = max_attempts
-        self.backoff = backoff
         self._queue: deque[tuple[str, asyncio.Future[list[float]]]] = deque()
         self._queued = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting in this embedder's queue (not sent yet)."""
+        return len(self._queue)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` (each must fit the server's micro-batch), keeping their order."""
@@ -150,26 +156,14 @@ class Embedder:
         return [count for part in counts for count in part]
 
     async def _call(self, path: str, payload: dict[str, Any]) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self.upstream.request("POST", path, json=payload)
-                if response.status_code >= 500:
-                    raise _Transient(
-                        f"embedding server answered HTTP {response.status_code}: "
-                        f"{response.text[:200]}"
-                    )
-                if response.status_code >= 400:
-                    raise UpstreamFailed(
-                        f"embedding server rejected the request (HTTP {response.status_code}): "
-                        f"{response.text[:200]}"
-                    )
-                return response.json()
-            except (_Transient, UpstreamUnavailable, httpx.HTTPError) as exc:
-                if attempt >= self.max_attempts:
-                    if isinstance(exc, RagError):
-                        raise
-                    raise UpstreamUnavailable(f"embedding server unreachable: {exc}") from exc
-                delay = self.backoff * 2 ** (attempt - 1)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+        """One request, no retry: a pool has failed over already; its errors pass unchanged."""
+        try:
+            response = await self.upstream.request("POST", path, json=payload)
+        except httpx.HTTPError as exc:  # an upstream that is not a pool (tests, tools)
+            raise UpstreamUnavailable(f"embedding server unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            verb = "failed" if response.status_code >= 500 else "rejected the request"
+            raise UpstreamFailed(
+                f"embedding server {verb} (HTTP {response.status_code}): {response.text[:200]}"
+            )
+        return response.json()

@@ -144,6 +144,27 @@ class Settings(BaseSettings):
     embedding_concurrency: int = Field(
         4, ge=1, description="Embedding calls in flight at once per worker."
     )
+    embedding_query_lane: bool = Field(
+        True,
+        description="Embed queries (search, answers, citation checks) on a lane of their own: "
+        "their own queue, and their own servers where there are any, never behind ingestion "
+        "batches. false: one queue for both (the old path).",
+    )
+    embedding_query_urls: list[str] = Field(
+        default_factory=list,
+        description="Embedding llama-servers reserved for queries (same model as embedding_urls); "
+        "empty: the embedded runtime starts embedding_query_servers children, and without "
+        "those queries share the ingestion servers.",
+    )
+    embedding_query_servers: int = Field(
+        1,
+        ge=0,
+        description="Embedding children reserved for queries that the embedded runtime starts "
+        "when it starts the embedding child (embedding_urls and embedding_query_urls empty).",
+    )
+    embedding_query_slots: int = Field(
+        2, ge=1, description="Slots (-np) of each query embedding child."
+    )
 
     # --- retrieval -------------------------------------------------------------------------------
     retrieval: Literal["dense", "sparse", "hybrid"] = Field(

@@ -27,6 +27,7 @@ from rag.core.embeddings import Embedder
 from rag.core.pool import Pool
 from rag.core.pool.client import PoolClient
 from rag.core.pool.settings import build_client, build_pool
+from rag.core.runtime.children import QUERY_EMBEDDING_ROLE
 from rag.core.runtime.membership import follow_supervisor
 from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.core.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
@@ -54,11 +55,13 @@ class Components:
     settings: Settings
     metrics: Metrics
     embedding_pool: Pool
+    query_embedding_pool: Pool | None  # the query lane's own servers, if it has any
     generation_pool: Pool
     registry: Registry
     blobs: BlobStore
     store: VectorStore
-    embedder: Embedder
+    embedder: Embedder  # ingestion's
+    query_embedder: Embedder  # the query lane: search, answers, citation checks
     searcher: Searcher
     answers: AnswerService
     supervisor: Supervisor | None
@@ -101,12 +104,18 @@ async def open_components(
         stack.push_async_callback(embedding_pool.stop)
         await generation_pool.start()
         stack.push_async_callback(generation_pool.stop)
+        query_pool = _query_embedding_pool(settings, runtime, embedding_http, metrics)
+        if query_pool is not None:
+            await query_pool.start()
+            stack.push_async_callback(query_pool.stop)
 
         supervisor = None
         if runtime is not None:
             supervisor = _supervisor(settings, runtime, generation_http, metrics)
             follow_supervisor(embedding_pool, supervisor, "embedding")
             follow_supervisor(generation_pool, supervisor, "generation")
+            if query_pool is not None:
+                follow_supervisor(query_pool, supervisor, QUERY_EMBEDDING_ROLE)
             await supervisor.start()
             stack.push_async_callback(supervisor.stop)
 
@@ -126,14 +135,22 @@ async def open_components(
             concurrency=settings.embedding_concurrency,
         )
         stack.push_async_callback(embedder.close)
+        query_embedder = embedder  # the lane switched off: one queue for everything
+        if settings.embedding_query_lane:
+            query_embedder = Embedder(
+                query_pool or embedding_pool,
+                batch_size=settings.embedding_batch_size,
+                concurrency=settings.embedding_concurrency,
+            )
+            stack.push_async_callback(query_embedder.close)
         searcher = Searcher(
             store,
-            embedder,
+            query_embedder,
             max_query_tokens=settings.embedding_max_tokens,
             score_threshold=settings.score_threshold,
         )
         answers = AnswerService(
-            searcher=searcher, pool=generation_pool, embedder=embedder, settings=settings
+            searcher=searcher, pool=generation_pool, embedder=query_embedder, settings=settings
         )
         workers = None
         if run_workers and settings.workers > 0:
@@ -144,16 +161,33 @@ async def open_components(
             settings=settings,
             metrics=metrics,
             embedding_pool=embedding_pool,
+            query_embedding_pool=query_pool,
             generation_pool=generation_pool,
             registry=registry,
             blobs=blobs,
             store=store,
             embedder=embedder,
+            query_embedder=query_embedder,
             searcher=searcher,
             answers=answers,
             supervisor=supervisor,
             workers=workers,
         )
+
+
+def _query_embedding_pool(
+    settings: Settings, runtime: EmbeddedRuntime | None, http: PoolClient, metrics: Metrics
+) -> Pool | None:
+    """The pool of the embedding servers reserved for queries (``embedding_query_urls`` or the
+    supervised children of that role), or None where there are none: queries then share the
+    ingestion pool, still on a queue of their own."""
+    children = runtime is not None and any(s.role == QUERY_EMBEDDING_ROLE for s in runtime.specs)
+    if not settings.embedding_query_lane or not (settings.embedding_query_urls or children):
+        return None
+    pool = build_pool("embedding-query", http, settings.pool, metrics.pool)
+    for url in settings.embedding_query_urls:
+        pool.add_upstream(url)
+    return pool
 
 
 def _supervisor(

@@ -8,8 +8,8 @@ from rag.core.runtime.supervisor import ChildSpec, free_port
 from rag.core.settings import Settings
 
 
-def embedding_args(settings: Settings, model: Path) -> tuple[str, ...]:
-    ubatch, slots = settings.embedding_ubatch, settings.embedding_slots
+def embedding_args(settings: Settings, model: Path, slots: int | None = None) -> tuple[str, ...]:
+    ubatch, slots = settings.embedding_ubatch, slots or settings.embedding_slots
     return (
         "-m", str(model), "--embeddings", "--pooling", "mean",
         "-c", str(ubatch * slots), "-np", str(slots), "-b", str(ubatch), "-ub", str(ubatch),
@@ -24,10 +24,15 @@ def generation_args(settings: Settings, model: Path) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+QUERY_EMBEDDING_ROLE = "embedding-query"
+"""Role of the embedding children reserved for queries (the query lane, rag/core/embeddings.py)."""
+
+
 def child_specs(
     settings: Settings, embedding_model: Path, generation_model: Path
 ) -> list[ChildSpec]:
-    """The children to start: an embedding server unless external ones are configured, and
+    """The children to start: an embedding server unless external ones are configured (with
+    ``embedding_query_servers`` more for the query lane unless it has external ones), and
     ``generation_servers`` generation servers unless external ones are configured."""
     specs = []
     if not settings.embedding_urls:
@@ -36,6 +41,11 @@ def child_specs(
                 "embedding", "embedding", embedding_args(settings, embedding_model), free_port()
             )
         )
+        if settings.embedding_query_lane and not settings.embedding_query_urls:
+            args = embedding_args(settings, embedding_model, settings.embedding_query_slots)
+            for index in range(settings.embedding_query_servers):
+                name = f"embedding-query-{index}"
+                specs.append(ChildSpec(name, QUERY_EMBEDDING_ROLE, args, free_port()))
     if not settings.generation_urls:
         for index in range(settings.generation_servers):
             specs.append(
