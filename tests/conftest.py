@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,18 +183,19 @@ def service_settings(
     return base.model_copy(update=values)
 
 
-async def wait_for(predicate: Any, within: float = 10.0, step: float = 0.05) -> bool:
-    """Await ``predicate()`` (sync or async) until true or ``within`` seconds passed; whether it
-    came true. The one way the tests wait for something to happen, instead of a fixed sleep."""
+async def wait_for(predicate: Callable[[], Any], within: float = 10.0, step: float = 0.05) -> Any:
+    """Call ``predicate()`` (sync or async) until its value is true or ``within`` seconds passed;
+    return that value, or ``None`` when time ran out. The one way the tests wait for something
+    to happen (``assert await wait_for(...)``), instead of sleeping "long enough"."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
         value = predicate()
-        if asyncio.iscoroutine(value):
+        if inspect.isawaitable(value):
             value = await value
         if value:
-            return True
+            return value
         if asyncio.get_running_loop().time() > deadline:
-            return False
+            return None
         await asyncio.sleep(step)
 
 

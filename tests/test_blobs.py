@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ingest.blobs import BlobNotFound, BlobStore, BlobTooLarge
+from tests.conftest import wait_for
 
 
 async def stream(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -91,12 +92,12 @@ async def test_a_cancelled_upload_leaves_no_temporary_file(store: BlobStore) -> 
     async def slow() -> AsyncIterator[bytes]:
         yield b"x" * 100_000
         started.set()
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # a client that stalls mid-upload: until cancelled
         yield b"never"
 
     task = asyncio.create_task(store.write_stream(slow(), max_bytes=1 << 20))
     await started.wait()
-    await asyncio.sleep(0.05)
+    assert await wait_for(lambda: temp_files(store.root))  # the upload is under way
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import httpx
@@ -17,7 +15,7 @@ from rag.core.runtime.children import generation_args
 from rag.core.runtime.prepare import PreparedRuntime
 from rag.core.runtime.supervisor import ChildSpec, ChildState, Supervisor, free_port
 from rag.core.settings import Settings
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +93,11 @@ async def test_supervisor_restarts_a_killed_child(
         first_pid = child.pid
         assert first_pid is not None
         os.kill(first_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if child.state is ChildState.HEALTHY and child.pid not in (None, first_pid):
-                break
-            await asyncio.sleep(0.1)
+
+        def restarted() -> bool:
+            return child.state is ChildState.HEALTHY and child.pid not in (None, first_pid)
+
+        assert await wait_for(restarted, within=60)
         assert child.state is ChildState.HEALTHY
         assert child.pid != first_pid
         assert child.restarts == 1

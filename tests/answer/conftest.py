@@ -3,7 +3,6 @@ by uvicorn on a free port with documents ingested through the real pipeline, and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from rag.core.runtime.prepare import PreparedRuntime
 from rag.core.runtime.supervisor import ChildSpec, free_port
 from rag.core.settings import Settings
 from rag.service.components import Components, ingest_options
-from tests.conftest import RunningServer, serve_app, start_children
+from tests.conftest import RunningServer, serve_app, start_children, wait_for
 
 COLLECTION = "qa"
 DOCUMENTS = {
@@ -130,14 +129,17 @@ async def wait_pool_ready(
     services: Components, *, generation: bool = True, seconds: float = 30.0
 ) -> None:
     """Until the pools have a healthy upstream (their pollers run every 0.2 s here)."""
-    for _ in range(int(seconds / 0.1)):
-        pools = [services.embedding_pool.status()]
-        if generation:
-            pools.append(services.generation_pool.status())
-        if all(any(u["state"] == "healthy" for u in p["upstreams"]) for p in pools):
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"pools not ready: {pools}")
+    pools = [services.embedding_pool]
+    if generation:
+        pools.append(services.generation_pool)
+
+    def ready() -> bool:
+        return all(
+            any(u["state"] == "healthy" for u in pool.status()["upstreams"]) for pool in pools
+        )
+
+    if not await wait_for(ready, within=seconds):
+        raise RuntimeError(f"pools not ready: {[pool.status() for pool in pools]}")
 
 
 @dataclass

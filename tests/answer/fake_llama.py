@@ -69,7 +69,7 @@ def fake_llama_server() -> FastAPI:
         async def stream() -> AsyncIterator[bytes]:
             for piece in pieces:
                 yield f"data: {json.dumps({'content': piece, 'stop': False})}\n\n".encode()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # paced like a real server: the stream is the test
             if mode == "broken":
                 raise RuntimeError("the fake upstream breaks the connection off")
             yield f"data: {json.dumps(final)}\n\n".encode()

@@ -12,6 +12,10 @@ from rag.core.pool.metrics import PoolMetrics
 from rag.core.pool.scheduler import Lease, Scheduler
 from rag.core.pool.upstream import UpstreamState
 
+# What these tests wait for happens at once (or after affinity_wait, 0.2 s); the bound only stops a
+# broken scheduler from hanging the test, so it is generous for a loaded machine.
+SOON = 10.0
+
 
 def scheduler(
     *urls: str,
@@ -53,7 +57,7 @@ async def test_a_waiting_request_is_sent_ahead_when_a_generation_nears_its_budge
     await asyncio.sleep(0)
     assert not second.done()
     sched.progress(running, 1)  # 2 left: the slot is about to free
-    lease = await asyncio.wait_for(second, 1)
+    lease = await asyncio.wait_for(second, SOON)
     assert lease.upstream.url == "http://a"
     assert lease.upstream.in_flight == 2  # one running, one queued inside the server
     assert handoffs(sched) == 1
@@ -63,7 +67,7 @@ async def test_a_waiting_request_is_sent_ahead_when_a_generation_nears_its_budge
     await asyncio.sleep(0)
     assert not third.done() and len(sched.buffer) == 1
     sched.release(lease)
-    assert (await asyncio.wait_for(third, 1)).upstream.in_flight == 1
+    assert (await asyncio.wait_for(third, SOON)).upstream.in_flight == 1
 
 
 async def test_a_request_arriving_when_a_generation_is_already_near_its_end_goes_ahead() -> None:
@@ -71,7 +75,7 @@ async def test_a_request_arriving_when_a_generation_is_already_near_its_end_goes
     running = await sched.acquire(True, (), frozenset(), 4)
     sched.progress(running, 3)  # near its end, nobody waiting yet
     late = asyncio.create_task(sched.acquire(True, (), frozenset(), 4))
-    lease = await asyncio.wait_for(late, 1)  # handed on as it arrived
+    lease = await asyncio.wait_for(late, SOON)  # handed on as it arrived
     assert lease.upstream.in_flight == 2 and len(sched.buffer) == 0
     another = await waiting(sched)  # that slot is promised: this one waits
     sched.progress(running, 1)
@@ -79,7 +83,7 @@ async def test_a_request_arriving_when_a_generation_is_already_near_its_end_goes
     await asyncio.sleep(0)
     assert not another.done()
     sched.release(lease)
-    sched.release(await asyncio.wait_for(another, 1))
+    sched.release(await asyncio.wait_for(another, SOON))
     assert handoffs(sched) == 1
 
 
@@ -91,7 +95,7 @@ async def test_no_handoff_without_a_budget_or_when_switched_off() -> None:
     await asyncio.sleep(0)
     assert not second.done()
     sched.release(unknown)
-    sched.release(await asyncio.wait_for(second, 1))
+    sched.release(await asyncio.wait_for(second, SOON))
 
     off = scheduler("http://a", handoff_tokens=0)
     running = await off.acquire(True, (), frozenset(), 3)
@@ -101,7 +105,7 @@ async def test_no_handoff_without_a_budget_or_when_switched_off() -> None:
     await asyncio.sleep(0)
     assert not later.done()
     off.release(running)
-    assert (await asyncio.wait_for(later, 1)).upstream.url == "http://a"
+    assert (await asyncio.wait_for(later, SOON)).upstream.url == "http://a"
 
 
 async def test_handoff_keeps_order_and_skips_a_request_that_excludes_the_upstream() -> None:
@@ -112,11 +116,11 @@ async def test_handoff_keeps_order_and_skips_a_request_that_excludes_the_upstrea
     not_a = await waiting(sched, exclude=frozenset({on_a.upstream.url}))  # failing over from it
     anyone = await waiting(sched)
     sched.progress(on_a, 2)
-    lease = await asyncio.wait_for(anyone, 1)
+    lease = await asyncio.wait_for(anyone, SOON)
     assert lease.upstream is on_a.upstream
     assert not not_a.done()
     sched.release(on_b)  # B frees: the oldest request that may go there gets it
-    assert (await asyncio.wait_for(not_a, 1)).upstream is on_b.upstream
+    assert (await asyncio.wait_for(not_a, SOON)).upstream is on_b.upstream
 
 
 LONG = tuple(f"k{i}" for i in range(6))  # six matching 256-character blocks
@@ -131,17 +135,17 @@ async def test_a_long_prefix_waits_for_its_owner_then_goes_anywhere() -> None:
     same = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
     await asyncio.sleep(0)
     assert not same.done()  # waits for the owner although the other upstream is free
-    anywhere = await asyncio.wait_for(sched.acquire(True, SHORT, frozenset(), None), 1)
+    anywhere = await asyncio.wait_for(sched.acquire(True, SHORT, frozenset(), None), SOON)
     assert anywhere.upstream is other  # requests that wait for nothing are not held up
     sched.release(anywhere)
     sched.release(first)  # the owner frees: the waiting request gets it
-    lease = await asyncio.wait_for(same, 1)
+    lease = await asyncio.wait_for(same, SOON)
     assert lease.upstream is owner
 
     late = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # it runs until it waits: for the owner, not the free upstream
     assert not late.done()
-    lease2 = await asyncio.wait_for(late, 1)  # after affinity_wait: the free upstream
+    lease2 = await asyncio.wait_for(late, SOON)  # after affinity_wait: the free upstream
     assert lease2.upstream is other
 
 
@@ -151,11 +155,11 @@ async def test_owner_waiters_never_make_free_slots_answer_429() -> None:
     waiting = asyncio.create_task(sched.acquire(True, LONG, frozenset(), None))
     await asyncio.sleep(0)
     assert sched.buffer.full()
-    served = await asyncio.wait_for(sched.acquire(True, LONG, frozenset(), None), 1)
+    served = await asyncio.wait_for(sched.acquire(True, LONG, frozenset(), None), SOON)
     assert served.upstream is not first.upstream  # a free slot, not "buffer full"
     for lease in (first, served):
         sched.release(lease)
-    sched.release(await asyncio.wait_for(waiting, 1))
+    sched.release(await asyncio.wait_for(waiting, SOON))
 
 
 def test_token_budget_and_stream_events() -> None:

@@ -64,8 +64,9 @@ async def test_spread_by_free_slots_and_buffer_served_when_a_slot_frees(
     pool: Pool | None = None
     try:
         assert await wait_for(lambda: busy_slots(pool_http, a), within=30)
-        # a long poll interval: whatever happens below is driven by events, not by the tick
-        pool = await healthy_pool(pool_http, upstreams, poll_interval=3.0)
+        # a poll interval longer than the test: what happens below is driven by events, not by
+        # the tick (the first poll, at start, sees the slot held on A)
+        pool = await healthy_pool(pool_http, upstreams, poll_interval=60.0)
         for _ in range(3):
             started = asyncio.Event()
             holders.append(asyncio.create_task(hold_through(pool, hold_body, started)))
@@ -75,10 +76,11 @@ async def test_spread_by_free_slots_and_buffer_served_when_a_slot_frees(
         assert await busy_slots(pool_http, b) == 2
         waiting = asyncio.create_task(pool.request("POST", "/completion", json=SHORT))
         assert await wait_for(lambda: pool is not None and pool.status()["buffered"] == 1)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a check that nothing happens: it must not be sent anywhere
         assert not waiting.done()
         await cancel(holders.pop(0))
-        assert await wait_for(lambda: pool is not None and pool.status()["buffered"] == 0, 0.5)
+        # when the slot frees, not at the next poll (a minute away)
+        assert await wait_for(lambda: pool is not None and pool.status()["buffered"] == 0, 10)
         answer = await asyncio.wait_for(waiting, 60)
         assert answer.status_code == 200
         assert answer.json()["tokens_predicted"] > 0
@@ -198,7 +200,8 @@ async def test_a_long_shared_prefix_waits_for_the_server_that_holds_it(
     try:
         for question in ("one", "two"):  # both slots of the owner, one after the other
             started = asyncio.Event()
-            hold = {**body(question, 180), "stream": True}  # within the 512-token slot
+            # ~300 prompt tokens and 1500 more: within the slot, busy until cancelled
+            hold = {**body(question, 1500), "stream": True}
             holders.append(asyncio.create_task(hold_through(pool, hold, started, prefix(question))))
             await asyncio.wait_for(started.wait(), 60)
         owner = next(u["url"] for u in pool.status()["upstreams"] if u["requests_in_flight"])
@@ -210,7 +213,7 @@ async def test_a_long_shared_prefix_waits_for_the_server_that_holds_it(
         assert await wait_for(lambda: pool.status()["buffered"] == 1)
         unrelated = await pool.request("POST", "/completion", json=SHORT)  # not held up
         assert unrelated.status_code == 200
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a check that nothing happens: it waits for the owner
         assert not waiting.done() and await busy_slots(pool_http, other) == 0
         await cancel(holders.pop(0))  # a slot of the owner frees
         answer = await asyncio.wait_for(waiting, 60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +22,7 @@ from rag.core.pool.settings import PoolSettings, build_pool
 from rag.core.runtime.membership import follow_supervisor
 from rag.core.runtime.supervisor import ChildSpec, ChildState, Supervisor
 from rag.core.settings import Settings
+from tests.conftest import wait_for
 
 
 class FakeLlama:
@@ -82,11 +83,18 @@ async def started_pool(fakes: dict[str, FakeLlama], **options: float) -> Pool:
     for url in fakes:
         pool.add_upstream(url)
     await pool.start()
-    for _ in range(100):
-        if all(u["state"] == "healthy" for u in pool.status()["upstreams"]):
-            break
-        await asyncio.sleep(0.01)
+    polled = await wait_for(lambda: all(u["state"] != "unknown" for u in _upstreams(pool)))
+    assert polled, pool.status()  # every upstream polled once (healthy, or loading on purpose)
     return pool
+
+
+def _upstreams(pool: Pool) -> list[dict[str, object]]:
+    upstreams: list[dict[str, object]] = pool.status()["upstreams"]
+    return upstreams
+
+
+def _in_flight(pool: Pool) -> int:
+    return sum(int(u["requests_in_flight"]) for u in pool.status()["upstreams"])
 
 
 async def test_spreads_by_slots_buffers_and_serves_in_order(fakes: dict[str, FakeLlama]) -> None:
@@ -96,7 +104,7 @@ async def test_spreads_by_slots_buffers_and_serves_in_order(fakes: dict[str, Fak
             asyncio.create_task(pool.request("POST", "/completion", json={"n": n}))
             for n in range(4)
         ]
-        await asyncio.sleep(0.1)
+        assert await wait_for(lambda: pool.status()["buffered"] == 2)
         status = pool.status()
         assert [u["slots_busy"] for u in status["upstreams"]] == [1, 1]
         assert status["buffered"] == 2
@@ -129,10 +137,9 @@ async def test_buffer_timeout_is_503_with_retry_after(fakes: dict[str, FakeLlama
     pool = await started_pool(fakes, buffer_timeout=0.3)
     try:
         holders = [asyncio.create_task(pool.request("POST", "/completion", json={})) for _ in "ab"]
-        await asyncio.sleep(0.05)
+        assert await wait_for(lambda: _in_flight(pool) == 2)
         waiting = asyncio.create_task(pool.request("POST", "/completion", json={}))
-        await asyncio.sleep(0.05)
-        assert pool.status()["buffered"] == 1
+        assert await wait_for(lambda: pool.status()["buffered"] == 1)
         # requests that need no slot pass busy slots and the waiting requests
         tokens = await pool.request("POST", "/tokenize", json={"content": "x"})
         assert tokens.json() == {"tokens": [1, 2]}
@@ -152,8 +159,7 @@ async def test_cancelled_waiter_and_holder_give_slots_back(fakes: dict[str, Fake
     try:
         holders = [asyncio.create_task(pool.request("POST", "/completion", json={})) for _ in "ab"]
         waiter = asyncio.create_task(pool.request("POST", "/completion", json={}))
-        await asyncio.sleep(0.05)
-        assert pool.status()["buffered"] == 1
+        assert await wait_for(lambda: pool.status()["buffered"] == 1)
         waiter.cancel()
         holders[0].cancel()
         await asyncio.gather(waiter, holders[0], return_exceptions=True)
@@ -216,11 +222,10 @@ async def test_no_upstream_is_503_and_draining_removal() -> None:
             await pool.request("POST", "/completion", json={})
         pool.add_upstream("http://a/")
         running = asyncio.create_task(pool.request("POST", "/completion", json={}))
-        await asyncio.sleep(0.2)
+        assert await wait_for(lambda: fake.busy == 1)  # the upstream is healthy and has it
         removal = asyncio.create_task(pool.remove_upstream("http://a"))
-        await asyncio.sleep(0.05)
-        assert not removal.done()
-        assert pool.status()["upstreams"][0]["draining"] is True
+        assert await wait_for(lambda: pool.status()["upstreams"][0]["draining"] is True)
+        assert not removal.done()  # it waits for the running request
         fake.release.set()
         assert (await running).status_code == 200
         await removal
@@ -235,7 +240,6 @@ async def test_loading_upstream_is_not_chosen() -> None:
     fakes["http://b"].release.set()
     pool = await started_pool(fakes)
     try:
-        await asyncio.sleep(0.1)
         for _ in range(4):
             await pool.request("POST", "/completion", json={})
         assert fakes["http://b"].served == 4
@@ -259,16 +263,8 @@ async def test_supervised_children_join_and_leave(tmp_path: Path) -> None:
         supervisor._set(child, ChildState.BACKOFF)  # restarting: stays, the poller sees it down
         assert pool.urls == [spec.url]
         supervisor._set(child, ChildState.STOPPED)
-        assert await _eventually(lambda: pool.urls == [])
+        assert await wait_for(lambda: pool.urls == [])
         await pool.stop()
-
-
-async def _eventually(predicate: Callable[[], bool]) -> bool:
-    for _ in range(100):
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 @pytest.mark.parametrize("policy", POLICIES)

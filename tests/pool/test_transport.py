@@ -96,7 +96,7 @@ class ScriptedServer:
             while True:  # until the client closes the connection
                 writer.write(_chunk(b"data: more\n\n"))
                 await writer.drain()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # a paced endless stream is what this path serves
         if path == "/detokenize":  # compressed, as a proxy in front of a server might send it
             body = _GZIPPED
             head = _head(200, length=len(body)).replace(b"\r\n\r\n", b"\r\n")
