@@ -199,6 +199,25 @@ async def wait_for(predicate: Callable[[], Any], within: float = 10.0, step: flo
         await asyncio.sleep(step)
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, waiting for its reaper, runs no more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids: list[int], within: float) -> list[int]:
+    """Wait until none of ``pids`` runs, at most ``within`` seconds; return those still running.
+    (Blocking: for processes the test itself kills, where nothing else runs meanwhile.)"""
+    deadline = time.monotonic() + within
+    alive = [pid for pid in pids if running(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if running(pid)]
+    return alive
+
+
 async def wait_job(http: httpx.AsyncClient, base: str, job_id: str, within: float = 120) -> Any:
     """Poll ``GET /v1/jobs/{id}`` until the job succeeds or fails; return its last state."""
     deadline = time.monotonic() + within

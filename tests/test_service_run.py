@@ -15,25 +15,9 @@ import pytest
 
 from rag.core.runtime.prepare import PreparedRuntime
 from rag.core.runtime.supervisor import free_port
+from tests.conftest import running, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); it is gone for our purposes
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    return [pid for pid in pids if _alive(pid)]
 
 
 @pytest.fixture
@@ -89,12 +73,12 @@ def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'rag_llama_child_up{name="embedding",role="embedding"} 1.0' in metrics.text
     pids = _child_pids(base)
-    assert all(_alive(pid) for pid in pids)
+    assert all(running(pid) for pid in pids)
 
     process.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal to exit with its usual status
     assert process.wait(60) in (0, -signal.SIGTERM)
-    assert _wait_gone(pids, 10) == []
+    assert wait_gone(pids, 10) == []
     log = (tmp_path / "service.log").read_text()
     assert "Traceback" not in log, log
 
@@ -105,4 +89,4 @@ def test_children_die_with_a_killed_service(service: tuple[subprocess.Popen[byte
     pids = _child_pids(base)
     process.kill()
     process.wait(30)
-    assert _wait_gone(pids, 15) == [], "llama-server children outlived a SIGKILLed service"
+    assert wait_gone(pids, 15) == [], "llama-server children outlived a SIGKILLed service"

@@ -19,7 +19,7 @@ from ingest.blobs import BlobStore
 from ingest.registry import Registry
 from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.core.vectorstore import VectorStore
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,22 +59,6 @@ def _children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and "spawn_main" in Path(stat.parent, "cmdline").read_text():
             found.append(int(stat.parent.name))
     return found
-
-
-def _running(pid: int) -> bool:
-    try:  # a zombie waits for its reaper: it runs no more
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids: list[int], within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if _running(pid)]
-        time.sleep(0.1)
-    return alive
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -128,7 +112,7 @@ async def test_killed_worker_loses_nothing(embedding_server: RunningServer, tmp_
             assert orphans, "the worker has no parsing process"
             first.send_signal(signal.SIGKILL)
             first.wait(10)
-            assert _wait_gone(orphans, 10) == [], "the worker's parsing process outlived it"
+            assert wait_gone(orphans, 10) == [], "the worker's parsing process outlived it"
         finally:
             if first.poll() is None:
                 first.kill()
