@@ -190,6 +190,35 @@ async def test_streams_each_chunk_as_it_arrives(
         assert b"".join([chunk async for chunk in chunks]) == b"data: 2\n\n"
 
 
+async def test_a_chunked_answer_read_to_its_end_does_not_leave_its_connection_pooled(
+    server: ScriptedServer, http: httpx.AsyncClient
+) -> None:
+    """llama-server closes the connection after every chunked answer (while its headers promise
+    ``Keep-Alive``): reusing it sent the next request into a closed socket. The scripted server
+    would keep it open, so a second connection shows that the client did not reuse it."""
+    server.next_chunk.set()
+    async with http.stream("GET", f"{server.url}/sse") as response:
+        assert (
+            b"".join([chunk async for chunk in response.aiter_raw()]) == b"data: 1\n\ndata: 2\n\n"
+        )
+    response = await http.get(f"{server.url}/ok")
+    assert response.content == b"hello" and server.connections == 2
+    response = await http.get(f"{server.url}/ok")  # an answer with a length: reused
+    assert server.connections == 2 and server.requests == ["/sse", "/ok", "/ok"]
+
+
+async def test_a_resend_goes_on_a_new_connection_not_another_pooled_one(
+    server: ScriptedServer, http: httpx.AsyncClient
+) -> None:
+    """Three kept-alive connections in the pool, then a request whose connection the server
+    hangs up: its resend opens a fourth connection instead of taking a pooled one."""
+    await asyncio.gather(*(http.get(f"{server.url}/ok") for _ in range(3)))
+    opened = server.connections
+    with pytest.raises(httpx.RemoteProtocolError):
+        await http.post(f"{server.url}/hang-up", content=b"{}")
+    assert server.connections == opened + 1  # the first try took a pooled connection
+
+
 async def test_closing_an_unfinished_response_closes_its_connection(
     server: ScriptedServer, http: httpx.AsyncClient
 ) -> None:

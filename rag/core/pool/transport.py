@@ -8,10 +8,17 @@ aiohttp sets ``TCP_NODELAY`` on its sockets itself.
 
 aiohttp's exceptions are mapped to the httpx ones the pool acts on: connect failures (fail over
 and quarantine), a server that closes the connection or breaks the stream (fail over before the
-first byte, an error after), timeouts. A request whose connection breaks before any answer is
-sent once more on a new connection first (llama-server drops kept-alive connections after
-streamed answers now and then). A response closed before its end closes its connection, so
+first byte, an error after), timeouts. A response closed before its end closes its connection, so
 llama-server notices and stops generating.
+
+Connections after a streamed answer: llama-server (11434) ends every chunked answer by closing
+the connection (its stream provider returns false after the last chunk, which cpp-httplib takes
+as an error), although its headers promise ``Keep-Alive``. A client that puts such a connection
+back in its pool sends its next request into a closed socket: measured on one connection, every
+second streamed request failed ("Can not write request body", "Server disconnected"). So a
+chunked answer's connection is closed here, never reused. A request whose connection still
+breaks before any answer (a server closing an idle one) is sent once more on a connection opened
+for it, never on another pooled one that may be just as stale.
 """
 
 from __future__ import annotations
@@ -69,6 +76,20 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
+class _Response(aiohttp.ClientResponse):
+    """aiohttp's response, except that a chunked answer's connection is never pooled."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        started = await super().start(connection)
+        if protocol is not None and "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            if self.connection is None:  # the whole answer came with its head: pooled already
+                protocol.close()  # (no task ran since: none took it; the pool drops it)
+            else:
+                protocol.force_close()  # closed instead of pooled when the answer ends
+        return started
+
+
 @functools.lru_cache(maxsize=64)
 def _aiohttp_timeout(
     pool: float | None, connect: float | None, read: float | None
@@ -82,19 +103,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # a new connection per request
+        self.resent = 0  # requests sent again after their connection broke before an answer
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self, *, fresh: bool = False) -> aiohttp.ClientSession:
         # made on first use: an aiohttp session belongs to the running event loop
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
+        session = self._fresh if fresh else self._session
+        if session is None:
+            connector = (
+                aiohttp.TCPConnector(limit=self._max_connections, force_close=True)
+                if fresh
+                else aiohttp.TCPConnector(
+                    limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
+                )
             )
             # no cookie jar: a proxy must not keep one upstream answer's cookies for the next
-            self._session = aiohttp.ClientSession(
+            session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
+                cookie_jar=aiohttp.DummyCookieJar(), response_class=_Response,
             )  # fmt: skip
-        return self._session
+            if fresh:
+                self._fresh = session
+            else:
+                self._session = session
+        return session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -105,13 +137,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._send(request, data)
         except _BROKEN_BEFORE_ANSWER:
-            # llama-server now and then closes a kept-alive connection after a streamed answer
-            # while the client is already reusing it (seen after 5 to 50 streamed requests on
-            # one connection: a hang-up or a reset). The request was never handled: send it once
-            # more, on a new connection, unless its body was a stream that cannot be replayed.
+            # a kept-alive connection the server had closed (idle, or after an answer): the
+            # request was never handled. Send it once more on a connection opened for it (a
+            # pooled one may be just as stale), unless its body was a stream that cannot be
+            # replayed.
             if isinstance(data, httpx.AsyncByteStream):
                 raise
-            response = await self._send(request, data)
+            self.resent += 1
+            response = await self._send(request, data, fresh=True)
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
@@ -124,11 +157,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def _send(
-        self, request: httpx.Request, data: bytes | httpx.AsyncByteStream | None
+        self,
+        request: httpx.Request,
+        data: bytes | httpx.AsyncByteStream | None,
+        *,
+        fresh: bool = False,
     ) -> aiohttp.ClientResponse:
         timeout = request.extensions.get("timeout", {})
         with _mapped(request):
-            return await self._client().request(
+            return await self._client(fresh=fresh).request(
                 request.method,
                 str(request.url),
                 headers=request.headers.multi_items(),
@@ -141,6 +178,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None
