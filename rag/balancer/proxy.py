@@ -1,7 +1,13 @@
 """The proxying part of the balancer as a plain ASGI app: the hot path, kept lean.
 
-``ProxyApp`` answers the llama-server / OpenAI endpoints itself (every other request goes on to
-the FastAPI app): it reads the body, derives the prefix-affinity keys and the token budget (for
+``ProxyApp`` passes every request on to an upstream llama-server, whatever its path and method,
+except the balancer's own endpoints (``OWN``: health, metrics, pool status and membership, the
+API docs), which go on to the FastAPI app. Requests on llama-server's slot routes (generation,
+embeddings, reranking: ``rag.core.pool.pool.SLOT_PATHS``) are balanced by free slots; the rest
+(tokenize, props, slots, token counting, LoRA adapters, the MCP/CORS proxy, ``OPTIONS``
+preflights, model names with slashes, ...) go to a healthy upstream. The path goes on as the
+client sent it (``raw_path``: an encoded ``%2F`` stays encoded). For a proxied request it reads
+the body, derives the prefix-affinity keys and the token budget (for
 the pool's early handoff), opens the answer through ``Pool.stream`` (which fails over before the
 first byte) and passes it on byte for byte. One watcher task per request listens for the client's
 disconnect and cancels the request at once, whether it is waiting for a slot, waiting for the
@@ -18,36 +24,59 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from rag.core.errors import RagError
 from rag.core.pool import Pool, UpstreamRejected
 from rag.core.pool.budget import token_budget
 from rag.core.pool.observe import raw_chunks
+from rag.core.pool.pool import SLOT_PATHS
 from rag.core.pool.prefix import request_prefix
 from rag.web.errors import error_response
 
 log = logging.getLogger(__name__)
 
 GENERATION_PATHS = frozenset(
-    {"/completion", "/completions", "/v1/completions", "/chat/completions", "/v1/chat/completions"}
-)
-OTHER_POST_PATHS = frozenset(
-    {"/v1/embeddings", "/embeddings", "/embedding", "/tokenize", "/detokenize", "/infill",
-     "/apply-template"}
+    {"/completion", "/completions", "/v1/completions", "/chat/completions", "/v1/chat/completions",
+     "/v1/responses", "/responses", "/v1/messages", "/infill"}
 )  # fmt: skip
-GET_PATHS = frozenset({"/v1/models", "/models", "/props"})
+"""Routes whose bodies carry a prompt and a token cap (prefix affinity, early handoff)."""
+OWN = frozenset(
+    {("GET", "/health"), ("HEAD", "/health"), ("GET", "/metrics"), ("GET", "/v1/pool"),
+     ("POST", "/v1/pool/upstreams"), ("DELETE", "/v1/pool/upstreams"), ("GET", "/docs"),
+     ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"), ("GET", "/openapi.json")}
+)  # fmt: skip
+"""The balancer's own endpoints (method, path); every other request goes to an upstream."""
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
      b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length"}
 )  # fmt: skip
 
 
+OTHER_ROUTES = (
+    ("post", "/tokenize"), ("post", "/detokenize"), ("post", "/apply-template"),
+    ("get", "/props"), ("post", "/props"), ("get", "/models"), ("get", "/v1/models"),
+    ("get", "/v1/health"), ("get", "/slots"), ("post", "/slots/{id_slot}"),
+    ("get", "/lora-adapters"), ("post", "/lora-adapters"),
+    ("post", "/v1/messages/count_tokens"), ("post", "/v1/chat/completions/input_tokens"),
+    ("post", "/chat/completions/input_tokens"), ("post", "/v1/responses/input_tokens"),
+    ("post", "/responses/input_tokens"), ("post", "/v1/chat/completions/control"),
+    ("get", "/v1/stream"), ("post", "/v1/streams/lookup"), ("get", "/cors-proxy"),
+    ("post", "/cors-proxy"), ("get", "/tools"), ("post", "/tools"),
+)  # fmt: skip
+"""llama-server 11434's routes that take no slot (server.cpp), listed in ``/docs``; any other
+path is passed on too."""
+
+
 def proxied(method: str, path: str) -> bool:
-    if method == "POST":
-        return path in GENERATION_PATHS or path in OTHER_POST_PATHS
-    return method == "GET" and path in GET_PATHS
+    return (method, path) not in OWN
+
+
+def cors_origin(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The CORS header llama-server (default ``--cors-origins '*'`` with credentials) puts on
+    every answer: the request's ``Origin`` echoed back. For the balancer's own answers."""
+    origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+    return [(b"access-control-allow-origin", origin)] if origin else []
 
 
 class ProxyApp:
@@ -60,6 +89,8 @@ class ProxyApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not proxied(scope["method"], scope["path"]):
+            if scope["type"] == "http":
+                send = _with_headers(send, cors_origin(scope))
             await self.app(scope, receive, send)
             return
         pool: Pool = self.app.state.pool
@@ -76,7 +107,9 @@ class ProxyApp:
             if self.affinity:
                 prefix = request_prefix(path, parsed, block=self.block)
         query = scope.get("query_string", b"")
-        target = f"{path}?{query.decode('latin-1')}" if query else path
+        raw = scope.get("raw_path")
+        sent_path = raw.decode("latin-1") if raw else path
+        target = f"{sent_path}?{query.decode('latin-1')}" if query else sent_path
         headers = httpx.Headers([(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP])
         await self._forward(pool, scope, receive, send, target, body, headers, prefix, budget)
 
@@ -136,45 +169,79 @@ class ProxyApp:
             task.uncancel()
             log.info("client left %s %s; upstream request cancelled", scope["method"], target)
         except UpstreamRejected as exc:
-            answered = True
-            response = Response(exc.upstream_body, exc.upstream_status, media_type=exc.content_type)
-            await response(scope, receive, send)
+            answered = True  # the upstream's status, headers and body, as it sent them
+            headers_out = [
+                (k.lower(), v) for k, v in exc.upstream_headers if k.lower() not in _HOP_BY_HOP
+            ]
+            headers_out.append((b"content-length", str(len(exc.upstream_body)).encode()))
+            await send({"type": "http.response.start", "status": exc.upstream_status,
+                        "headers": headers_out})  # fmt: skip
+            await send({"type": "http.response.body", "body": exc.upstream_body})
         except RagError as exc:
             if started:
                 raise  # the answer is under way: the connection is cut, the client sees an error
             answered = True
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc)(scope, receive, _with_headers(send, cors_origin(scope)))
         finally:
             watcher.cancel()
 
 
 def document_proxied_paths(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the endpoints ``ProxyApp`` answers to an OpenAPI ``schema`` (they are not FastAPI
-    routes), so that ``/docs`` lists everything the balancer serves."""
-    described = {
-        "post": sorted(GENERATION_PATHS | OTHER_POST_PATHS),
-        "get": sorted(GET_PATHS),
+    """Add what ``ProxyApp`` answers to an OpenAPI ``schema`` (not FastAPI routes), so that
+    ``/docs`` lists everything the balancer serves: llama-server's slot routes, and one entry
+    for the rest."""
+    for path in sorted(SLOT_PATHS):
+        schema["paths"].setdefault(path, {})["post"] = {
+            "tags": ["llama.cpp (proxied)"],
+            "summary": f"Proxied to the upstream with the most free slots: POST {path}",
+            "description": (
+                "Passed through unchanged, streaming included; it holds a slot until the answer "
+                "ends; failover to another upstream before the first byte. See llama.cpp's "
+                "server documentation, the OpenAI and Anthropic APIs for the bodies."
+            ),
+            "responses": {
+                "200": {"description": "The upstream's answer, unchanged"},
+                "429": {"description": "Every slot busy and the buffer full"},
+                "503": {"description": "No upstream can take it (`Retry-After` given)"},
+            },
+        }
+    for method, path in OTHER_ROUTES:
+        schema["paths"].setdefault(path, {})[method] = {
+            "tags": ["llama.cpp (proxied)"],
+            "summary": f"Proxied to a healthy upstream: {method.upper()} {path}",
+            "description": "Passed through unchanged; takes no slot.",
+            "responses": {"200": {"description": "The upstream's answer, unchanged"}},
+        }
+    schema["paths"]["/{path}"] = {
+        method: {
+            "tags": ["llama.cpp (proxied)"],
+            "summary": f"Any other llama-server route: {method.upper()} to a healthy upstream",
+            "description": (
+                "Every path and method the balancer does not serve itself (tokenize, props, "
+                "slots, token counting, LoRA adapters, CORS preflight, ...) goes unchanged to "
+                "a healthy upstream."
+            ),
+            "parameters": [
+                {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {"200": {"description": "The upstream's answer, unchanged"}},
+        }
+        for method in ("get", "post", "delete", "options")
     }
-    for method, paths in described.items():
-        for path in paths:
-            generation = path in GENERATION_PATHS
-            schema["paths"].setdefault(path, {})[method] = {
-                "tags": ["llama.cpp (proxied)"],
-                "summary": f"Proxied to an upstream llama-server: {method.upper()} {path}",
-                "description": (
-                    "Passed through unchanged, streaming included, to the upstream chosen by "
-                    "the pool's policy"
-                    + (" (it holds a slot until the answer ends)" if generation else "")
-                    + "; failover to another upstream before the first byte. See llama.cpp's "
-                    "server documentation and the OpenAI API for the bodies."
-                ),
-                "responses": {
-                    "200": {"description": "The upstream's answer, unchanged"},
-                    "429": {"description": "Every slot busy and the buffer full"},
-                    "503": {"description": "No upstream can take it (`Retry-After` given)"},
-                },
-            }
     return schema
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with ``extra`` headers added to the response head."""
+    if not extra:
+        return send
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _is_sse(response: httpx.Response) -> bool:

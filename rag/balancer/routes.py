@@ -1,6 +1,7 @@
-"""The balancer's own routes: health, pool status and membership, Prometheus metrics.
+"""The balancer's own routes: health, pool status and membership, Prometheus metrics (the
+pool's and the upstreams', ``upstream_metrics.py``).
 
-The proxied llama-server / OpenAI endpoints are served by ``proxy.ProxyApp`` in front of these.
+Every other path is proxied to an upstream by ``proxy.ProxyApp`` in front of these.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, HttpUrl
 
+from rag.balancer.upstream_metrics import upstream_metrics
 from rag.core.errors import UpstreamUnavailable
 from rag.core.pool import Pool, PoolMetrics
 
@@ -72,5 +74,11 @@ async def remove_upstream(request: Request, url: str, wait: bool = False) -> JSO
 
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
+    """The pool's own families, then the upstreams' llama.cpp families (``--metrics``), each
+    labelled by upstream and aggregated without the label."""
     registry: PoolMetrics = request.app.state.metrics
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    pool = _pool(request)
+    urls = [u["url"] for u in pool.status()["upstreams"] if u["state"] == "healthy"]
+    upstreams, headers = await upstream_metrics(pool.http, urls)
+    body = generate_latest(registry.registry) + upstreams.encode()
+    return Response(body, media_type=CONTENT_TYPE_LATEST, headers=headers)

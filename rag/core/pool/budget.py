@@ -1,6 +1,7 @@
 """The token budget of a generation request: the most tokens it may still generate.
 
-llama.cpp's ``n_predict`` and the OpenAI ``max_tokens`` / ``max_completion_tokens`` cap a
+llama.cpp's ``n_predict``, the OpenAI ``max_tokens`` / ``max_completion_tokens`` (and the
+Responses API's ``max_output_tokens``; Anthropic's Messages API says ``max_tokens``) cap a
 generation; the scheduler uses the cap, minus the tokens streamed so far, to see a slot about to
 free (``scheduler.py``, early handoff). A request without a cap (or with ``-1``: until the end of
 the context) has no budget: its slot is handed on only when it is released.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BUDGET_KEYS = ("n_predict", "max_tokens", "max_completion_tokens")
+BUDGET_KEYS = ("n_predict", "max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def token_budget(body: Any) -> int | None:

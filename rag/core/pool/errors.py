@@ -13,8 +13,15 @@ from rag.core.errors import UpstreamFailed
 class UpstreamRejected(UpstreamFailed):
     """The upstream refused the request itself (4xx, 501): not retried elsewhere."""
 
-    def __init__(self, upstream_status: int, body: bytes, content_type: str | None) -> None:
+    def __init__(
+        self,
+        upstream_status: int,
+        body: bytes,
+        content_type: str | None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(f"the upstream refused the request (HTTP {upstream_status})")
         self.upstream_status = upstream_status
         self.upstream_body = body
         self.content_type = content_type
+        self.upstream_headers = headers or []  # as sent (raw), for a proxy to pass on

@@ -31,17 +31,21 @@ from rag.core.pool.upstream import Upstream, UpstreamState
 
 log = logging.getLogger(__name__)
 
-SLOT_FREE_PATHS = frozenset(
-    {"/tokenize", "/detokenize", "/health", "/props", "/v1/models", "/models", "/slots",
-     "/metrics", "/apply-template"}
+SLOT_PATHS = frozenset(
+    {"/completion", "/completions", "/v1/completions", "/chat/completions",
+     "/v1/chat/completions", "/v1/responses", "/responses", "/v1/messages", "/infill",
+     "/embedding", "/embeddings", "/v1/embeddings", "/rerank", "/reranking", "/v1/rerank",
+     "/v1/reranking", "/v1/audio/transcriptions", "/audio/transcriptions", "/v1/systemone"}
 )  # fmt: skip
+"""llama-server's routes whose requests run in a slot (generation, embeddings, reranking): the
+rest (tokenize, props, slots, metrics, token counting, lora adapters, ...) take none."""
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 _RETRYABLE = (*_CONNECT_ERRORS, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def needs_slot(path: str) -> bool:
     """Whether a request on ``path`` occupies a slot of the llama-server while it runs."""
-    return path.split("?", 1)[0] not in SLOT_FREE_PATHS
+    return path.split("?", 1)[0] in SLOT_PATHS
 
 
 def _prefix(key: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -266,7 +270,9 @@ class Pool:
                 await response.aclose()
                 self.scheduler.release(lease)
             if status < 500 or status == 501:  # the request itself is wrong, or not supported
-                raise UpstreamRejected(status, body, response.headers.get("content-type"))
+                raise UpstreamRejected(
+                    status, body, response.headers.get("content-type"), response.headers.raw
+                )
             last = f"HTTP {status} from {upstream.url}"
             if status == 503:
                 upstream.state = UpstreamState.LOADING

@@ -32,11 +32,14 @@ def prompt_text(path: str, body: Any) -> str | None:
     """The prompt of a generation request as one string, or None when there is none."""
     if not isinstance(body, dict):
         return None
-    if path.endswith("chat/completions"):
-        messages = body.get("messages")
+    if path.endswith(("chat/completions", "/v1/messages", "responses")):
+        messages = body.get("messages", body.get("input"))
+        if isinstance(messages, str):  # the Responses API's plain input
+            messages = [{"role": "user", "content": messages}]
         if not isinstance(messages, list):
             return None
-        parts = []
+        system = body.get("system", body.get("instructions"))  # Anthropic's, Responses'
+        parts = [f"system\x1f{_content_text(system)}\x1e"] if system else []
         for message in messages:
             if isinstance(message, dict):
                 parts.append(
