@@ -16,7 +16,7 @@ from rag.core.pool.client import PoolClient
 from rag.core.runtime.supervisor import ChildSpec, free_port
 from rag.core.settings import Settings
 from tests.conftest import start_children, wait_for
-from tests.pool.conftest import Binaries, answers_health, serving, server_args
+from tests.pool.conftest import Binaries, answers_health, server_args, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
