@@ -11,6 +11,7 @@ import pytest
 
 from rag.core.errors import RuntimeSetupError
 from rag.core.runtime.build import _build, ensure_llama_server
+from rag.core.runtime.gpu import CPU
 from rag.core.runtime.models import check_gguf, verify_prepared
 from rag.core.runtime.paths import RuntimePaths
 from rag.core.runtime.prepare import PreparedRuntime
@@ -34,7 +35,7 @@ def test_failed_build_names_the_step_and_keeps_the_log(tmp_path: Path) -> None:
     )
     log = tmp_path / "build.log"
     with pytest.raises(RuntimeSetupError) as raised:
-        _build(source, tmp_path / "build", log, lambda stage, fraction: None)
+        _build(source, tmp_path / "build", log, lambda stage, fraction: None, CPU)
     message = str(raised.value)
     assert "configuring llama.cpp failed" in message
     assert "no way" in message

