@@ -23,6 +23,8 @@ from typing import BinaryIO
 from rag.core.errors import NotFound, PayloadTooLarge
 
 BLOCK_SIZE = 1 << 20
+HEAD_BYTES = 64 * 1024
+"""What a :class:`BlobWriter` keeps of an upload's start, for content detection."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,37 +45,112 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _TempBlob:
-    """The blocking half of a write: a temporary file, its hash and its size."""
+    """The blocking half of a write: a temporary file, its hash, its size and its head."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, head_bytes: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".part")
         self.path = Path(name)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
+        self.head = b""
+        self.head_bytes = head_bytes
 
     def write(self, block: bytes) -> None:
         self.file.write(block)
         self.hash.update(block)
+        if len(self.head) < self.head_bytes:
+            self.head += block[: self.head_bytes - len(self.head)]
 
-    def commit(self, root: Path) -> tuple[str, Path]:
+    def finish(self) -> str:
+        """Flush the file to disk and close it; its sha256."""
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        sha256 = self.hash.hexdigest()
+        return self.hash.hexdigest()
+
+    def place(self, root: Path, sha256: str) -> Path:
         target = root / sha256[:2] / sha256[2:4] / sha256
         if target.exists():  # the same bytes are stored already
             self.path.unlink()
-            return sha256, target
+            return target
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, target)
         _fsync_dir(target.parent)
-        return sha256, target
+        return target
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             self.file.close()
         self.path.unlink(missing_ok=True)
+
+
+class BlobWriter:
+    """One upload on its way into the store: written in blocks (in worker threads), hashed and
+    counted as it arrives, its first ``head_bytes`` kept for content detection.
+
+    :meth:`finish` makes the bytes durable in the temporary file (:attr:`temp_path`, for a
+    detector that needs the whole file, such as a ZIP's central directory), :meth:`commit` puts
+    them in place, :meth:`discard` removes them. Memory held: one block plus the head.
+    """
+
+    def __init__(self, temp: _TempBlob, root: Path, max_bytes: int, block_size: int) -> None:
+        self._temp = temp
+        self._root = root
+        self.max_bytes = max_bytes
+        self.block_size = block_size
+        self.size = 0
+        self.sha256: str | None = None
+        self.path: Path | None = None
+        self._pending: list[bytes] = []
+        self._buffered = 0
+
+    @property
+    def head(self) -> bytes:
+        """The first bytes written (complete after :meth:`finish`)."""
+        return self._temp.head
+
+    @property
+    def temp_path(self) -> Path:
+        return self._temp.path
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data``; :class:`BlobTooLarge` (and nothing kept) past ``max_bytes``."""
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            await self.discard()
+            raise BlobTooLarge(
+                f"upload larger than the limit of {self.max_bytes} bytes", max_bytes=self.max_bytes
+            )
+        self._pending.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self.block_size:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending:
+            block = b"".join(self._pending)
+            self._pending, self._buffered = [], 0
+            await asyncio.to_thread(self._temp.write, block)
+
+    async def finish(self) -> str:
+        """Everything written is on disk in the temporary file; the sha256."""
+        if self.sha256 is None:
+            await self._flush()
+            self.sha256 = await asyncio.to_thread(self._temp.finish)
+        return self.sha256
+
+    async def commit(self) -> Path:
+        """Move the finished bytes into the store (once); the blob's path."""
+        sha256 = await self.finish()
+        if self.path is None:
+            self.path = await asyncio.to_thread(self._temp.place, self._root, sha256)
+        return self.path
+
+    async def discard(self) -> None:
+        """Remove the temporary file, unless committed."""
+        if self.path is None:
+            await asyncio.to_thread(self._temp.discard)
 
 
 class BlobStore:
@@ -88,6 +165,11 @@ class BlobStore:
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
+    async def open_writer(self, max_bytes: int, *, head_bytes: int = HEAD_BYTES) -> BlobWriter:
+        """A :class:`BlobWriter` for one upload of at most ``max_bytes``."""
+        temp = await asyncio.to_thread(_TempBlob, self._tmp, head_bytes)
+        return BlobWriter(temp, self.root, max_bytes, self.block_size)
+
     async def write_stream(
         self, chunks: AsyncIterator[bytes], max_bytes: int
     ) -> tuple[str, int, Path]:
@@ -96,29 +178,15 @@ class BlobStore:
         Raises :class:`BlobTooLarge` as soon as more than ``max_bytes`` arrive; the partial file is
         removed. Whatever else goes wrong (or a cancellation) removes it too.
         """
-        temp = await asyncio.to_thread(_TempBlob, self._tmp)
-        size = 0
-        pending: list[bytes] = []
-        buffered = 0
+        writer = await self.open_writer(max_bytes)
         try:
             async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BlobTooLarge(
-                        f"upload larger than the limit of {max_bytes} bytes", max_bytes=max_bytes
-                    )
-                pending.append(chunk)
-                buffered += len(chunk)
-                if buffered >= self.block_size:
-                    await asyncio.to_thread(temp.write, b"".join(pending))
-                    pending, buffered = [], 0
-            if pending:
-                await asyncio.to_thread(temp.write, b"".join(pending))
-            sha256, path = await asyncio.to_thread(temp.commit, self.root)
+                await writer.write(chunk)
+            path = await writer.commit()
         except BaseException:
-            await asyncio.to_thread(temp.discard)
+            await writer.discard()
             raise
-        return sha256, size, path
+        return await writer.finish(), writer.size, path
 
     async def read(self, sha256: str) -> bytes:
         path = self.path_for(sha256)

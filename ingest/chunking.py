@@ -19,6 +19,8 @@ fit the embedding model.
 * CSV rows (``kind="rows"``) are grouped ``rows_per_chunk`` at a time (0: as many as fit) and
   every chunk's text is the header line, a newline, then the rows. Its offsets cover the rows only,
   so ``text`` ends with ``doc.text[char_start:char_end]``; for every other chunk they are equal.
+  A header longer than half the chunk size is not repeated: it is chunked once, as text, in front
+  of the rows, and the rows are packed without it.
 
 :func:`split_to_fit` splits chunks that the embedding model measures as too long. Everything here
 is synchronous, CPU-bound and picklable: callers run it in a process pool.
@@ -40,12 +42,17 @@ WORD, LINE, SENTENCE, PARAGRAPH = 0, 1, 2, 3
 """Strength of the break after a unit, weakest first."""
 
 _WORD = re.compile(r"\S+")
+_CELL = re.compile(r"[^\s,;\t|]+[,;\t|]*|[,;\t|]+")
+"""A word or CSV cell with the delimiters after it: a CSV line whose "words" are too long for a
+chunk (cells without spaces between them) is cut between cells, never in one."""
 _LINE = re.compile(r"[^\n]*\S[^\n]*")
 _SENTENCE_END = re.compile("[.!?;:\u2026\u3002\uff01\uff1f][\"'\u201d\u2019\u00bb)\\]]*$")
 _MIN_FILL = 0.5
 _HEADING_TOKENS = 32
 _FIT_MARGIN = 0.85
 _EVEN_SLACK = 1.1
+_MAX_HEADER_SHARE = 0.5
+"""A CSV header longer than this share of the chunk size is not repeated in every chunk."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,12 @@ def _piece_tokens(piece: str) -> int:
     return count_tokens(piece)
 
 
-def _word_units(text: str, start: int, end: int, last_break: int = PARAGRAPH) -> list[_Unit]:
-    """Words of ``text[start:end]`` with their token costs and the breaks after them."""
-    spans = [match.span() for match in _WORD.finditer(text, start, end)]
+def _word_units(
+    text: str, start: int, end: int, last_break: int = PARAGRAPH, pattern: re.Pattern[str] = _WORD
+) -> list[_Unit]:
+    """Words of ``text[start:end]`` (or other ``pattern`` matches) with their token costs and the
+    breaks after them."""
+    spans = [match.span() for match in pattern.finditer(text, start, end)]
     if not spans:
         return []
     pieces, previous = [], start
@@ -111,6 +121,14 @@ def _word_units(text: str, start: int, end: int, last_break: int = PARAGRAPH) ->
             else:
                 brk = LINE if "\n" in gap else WORD
         units.append(_Unit(s, e, tokens, brk))
+    return units
+
+
+def _line_units(text: str, start: int, end: int, size: int) -> list[_Unit]:
+    """Units of a long CSV line: its words, or its cells where a word alone passes ``size``."""
+    units = _word_units(text, start, end)
+    if any(unit.tokens > size for unit in units):
+        units = _word_units(text, start, end, pattern=_CELL)
     return units
 
 
@@ -244,16 +262,24 @@ def _row_chunks(text: str, flow: _Flow, options: ChunkingOptions) -> list[tuple[
     """``(chunk text, start, end)`` of CSV row groups, each starting with the header line."""
     prefix = f"{flow.header}\n" if flow.header else ""
     size = options.size_tokens
+    out: list[tuple[str, int, int]] = []
+    if count_tokens(prefix) > size * _MAX_HEADER_SHARE:
+        # a header this long would crowd out the rows (or be cut into crumbs with them): it
+        # becomes chunks of its own, once, and the rows go without it
+        start = text.find(flow.header or "")
+        if start >= 0:
+            units = _line_units(text, start, start + len(flow.header or ""), size)
+            out += [(text[s:e], s, e) for s, e in _pack(text, units, size, 0)]
+        prefix = ""
     budget = max(1, size - count_tokens(prefix))
     limit = options.rows_per_chunk or len(flow.sections)
-    out: list[tuple[str, int, int]] = []
     for group in _row_groups(flow.sections, budget, limit):
         while group:
             take = len(group)
             while take > 1 and count_tokens(prefix + _span(text, group[:take])) > size:
                 take -= 1
-            if count_tokens(prefix + _span(text, group[:1])) > size:  # one row too long: words
-                units = _word_units(text, group[0].char_start, group[0].char_end)
+            if count_tokens(prefix + _span(text, group[:1])) > size:  # one row too long: cells
+                units = _line_units(text, group[0].char_start, group[0].char_end, budget)
                 out += [(prefix + text[s:e], s, e) for s, e in _pack(text, units, budget, 0)]
             else:
                 out.append(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import codecs
 import io
 import zipfile
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from charset_normalizer import from_bytes
 
@@ -84,10 +84,11 @@ class DetectionError(Exception):
         return (type(self), (self.reason, self.message))
 
 
-def _zip_kind(data: bytes) -> str | None:
-    """``DOCX`` for a Word document, ``None`` for any other ZIP archive."""
+def _zip_kind(data: bytes, path: Path | None = None) -> str | None:
+    """``DOCX`` for a Word document, ``None`` for any other ZIP archive (read from ``path``, the
+    whole file, when given)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(path if path is not None else io.BytesIO(data)) as archive:
             return DOCX if "word/document.xml" in archive.namelist() else None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         # Only a head, or a damaged archive: look at the local file headers we have.
@@ -111,12 +112,12 @@ def _is_text(sample: bytes, complete: bool) -> bool:
     return best is not None and best.encoding is not None
 
 
-def _sniff(data: bytes) -> tuple[str | None, str]:
+def _sniff(data: bytes, path: Path | None = None) -> tuple[str | None, str]:
     """``(content type or None, description of the content for messages)``."""
     if b"%PDF-" in data[:1024]:
         return PDF, "a PDF document"
     if data.startswith(b"PK\x03\x04"):
-        kind = _zip_kind(data)
+        kind = _zip_kind(data, path)
         return kind, "a DOCX document" if kind else "a ZIP archive (not a DOCX document)"
     if data.startswith(b"{\\rtf"):
         return None, "an RTF document"
@@ -137,17 +138,21 @@ def _declared_type(declared: str | None) -> str | None:
     return value if value in SUPPORTED else None
 
 
-def detect_content_type(data: bytes, filename: str, declared: str | None = None) -> str:
+def detect_content_type(
+    data: bytes, filename: str, declared: str | None = None, *, path: Path | None = None
+) -> str:
     """The content type of an upload: one of :data:`SUPPORTED`, or a :class:`DetectionError`.
 
     ``data`` is the whole file, or at least its first :data:`SAMPLE_BYTES` (see the module
     docstring for what a head alone cannot tell); ``declared`` is the client's Content-Type.
+    ``path``, when given, is where the whole file is: a ZIP is then judged by its central
+    directory, read from there, and nothing else is read beyond ``data``.
     """
     if not data[:SAMPLE_BYTES].strip() and not data.strip():
         raise DetectionError("empty", f"{filename} is empty")
     by_name = _BY_EXTENSION.get(PurePath(filename).suffix.lower())
     by_declared = _declared_type(declared)
-    sniffed, description = _sniff(data)
+    sniffed, description = _sniff(data, path)
     claimed, how = (by_name, "named") if by_name else (by_declared, "declared")
     if claimed in (PDF, DOCX) and sniffed != claimed:
         raise DetectionError(

@@ -3,7 +3,12 @@ upserted into Qdrant, with progress in the registry at each stage.
 
 Re-processing a document is idempotent: point ids are derived from the document id and chunk
 index, so a second run overwrites the first run's points, and points past the new chunk count are
-deleted. Parsing and chunking are CPU-bound and run in a process pool.
+deleted. Parsing and chunking are CPU-bound and run in a process pool: the supervised
+:class:`ingest.parsepool.ParsePool` of the service and workers (a deadline per document, a memory
+limit per process), or any ``concurrent.futures`` executor (evaluations, tests).
+
+A job whose document is deleted while it runs learns it from ``still_owned`` after each upsert
+and stops with :class:`JobLost`; the worker then removes what it had written.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 from ingest.chunking import Chunk, ChunkingOptions, chunk_document, split_to_fit
-from ingest.parsing import ParseError, parse_document
+from ingest.parsepool import ParseDeadline, ParseOutOfMemory, ParsePool
+from ingest.parsing import ParseError, ParseLimits, parse_document
 from ingest.tokens import encoding
 from rag.core.embeddings import Embedder
 from rag.core.processes import die_with_parent
@@ -28,6 +36,10 @@ MAX_SPLIT_ROUNDS = 6
 
 Report = Callable[[str, int, int], Awaitable[None]]
 """Called with (stage, done, total) as the job advances."""
+StillOwned = Callable[[], Awaitable[bool]]
+"""Whether the job still belongs to this worker (its document not deleted, its lease kept)."""
+Source = bytes | Path
+"""A document's bytes, or the path of its stored original (read by the parse process)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class IngestOptions:
     upsert_batch: int = (
         128  # chunks per Qdrant upsert; one group is embedded while another is stored
     )
+    limits: ParseLimits = field(default_factory=ParseLimits)
+    parse_timeout: float = 300.0  # seconds one document may take to parse and chunk
+    memory_limit_mb: int | None = None  # of a parse process (for the message of too_large)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,11 @@ class DocumentFailed(Exception):
         self.reason = reason
 
 
+class JobLost(Exception):
+    """The job stopped belonging to this worker while it ran (its document was deleted, or its
+    lease went to another worker): stop writing."""
+
+
 def prepare_parse_process(parent: int) -> None:
     """Initializer of a parsing process started by process ``parent``: die with it, and load
     what parsing needs now (the parsers' modules are imported with this one; the tiktoken
@@ -74,30 +94,67 @@ def prepare_parse_process(parent: int) -> None:
 
 
 def parse_and_chunk(
-    data: bytes, content_type: str, filename: str, options: ChunkingOptions
+    source: Source,
+    content_type: str,
+    filename: str,
+    options: ChunkingOptions,
+    limits: ParseLimits | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int | None, list[Chunk]]:
-    """CPU-bound half of a job; runs in a worker process."""
-    parsed = parse_document(data, content_type, filename)
+    """CPU-bound half of a job; runs in a parse process. A path is read there, so the bytes of
+    a document never pass through the process that schedules the jobs."""
+    data = source.read_bytes() if isinstance(source, Path) else source
+    parsed = parse_document(data, content_type, filename, limits or ParseLimits(), progress)
     return parsed.pages, chunk_document(parsed, options)
+
+
+async def _parse(
+    document: DocumentInfo,
+    source: Source,
+    executor: Executor | ParsePool | None,
+    options: IngestOptions,
+    report: Report,
+) -> tuple[int | None, list[Chunk]]:
+    args = (source, document.content_type, document.filename, options.chunking, options.limits)
+    if not isinstance(executor, ParsePool):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, partial(parse_and_chunk, *args))
+
+    async def progress(done: int, total: int) -> None:
+        await report("parsing", done, total)
+
+    try:
+        pages, chunks = await executor.run(
+            parse_and_chunk, *args, timeout=options.parse_timeout, progress=progress,
+            describe=document.filename,
+        )  # fmt: skip
+    except ParseDeadline as exc:
+        raise DocumentFailed("timeout", f"{exc}: the limit is RAG_PARSE_TIMEOUT_SECONDS") from exc
+    except ParseOutOfMemory as exc:
+        limit = f" of {options.memory_limit_mb} MiB" if options.memory_limit_mb else ""
+        raise DocumentFailed(
+            "too_large",
+            f"{document.filename} needs more memory to parse than the limit{limit} per parse "
+            "process (RAG_PARSE_MEMORY_MB)",
+        ) from exc
+    return pages, chunks
 
 
 async def ingest_document(
     document: DocumentInfo,
-    data: bytes,
+    data: Source,
     *,
     store: VectorStore,
     embedder: Embedder,
-    executor: Executor | None,
+    executor: Executor | ParsePool | None,
     options: IngestOptions,
     report: Report,
+    still_owned: StillOwned | None = None,
 ) -> IngestResult:
-    loop = asyncio.get_running_loop()
     await report("parsing", 0, 1)
     try:
-        pages, chunks = await loop.run_in_executor(
-            executor, parse_and_chunk, data, document.content_type, document.filename,
-            options.chunking,
-        )  # fmt: skip
+        pages, chunks = await _parse(document, data, executor, options, report)
     except ParseError as exc:
         raise DocumentFailed(exc.reason, str(exc)) from exc
     if not chunks:
@@ -132,6 +189,8 @@ async def ingest_document(
                 ],
             )
             done += len(group)
+            if still_owned is not None and not await still_owned():
+                raise JobLost(f"{document.filename}: the job was taken away while it ran")
             await report("embedding", done, total)
     finally:
         if not pending.done():

@@ -417,3 +417,32 @@ def test_invariants_hold_on_random_text(seed: int) -> None:
         assert previous.char_end < current.char_end
     fitted, _ = fit(chunks, max(8, size // 2))
     assert_covers_every_word(doc, fitted)
+
+
+def test_csv_header_too_long_to_repeat_is_chunked_once() -> None:
+    """A 5,689-column header (the review's 56 KB CSV) used to be repeated in front of every row
+    and its rows cut into crumbs: it is now chunked once, and every row stays whole."""
+    header = ";".join(f"column{number}" for number in range(5689))
+    rows = [f"Lyon;France;row {n};Rhône" for n in range(40)]
+    doc = parse_document("\n".join([header, *rows]).encode(), CSV, "wide.csv")
+    chunks = chunk_document(doc, ChunkingOptions(size_tokens=200, overlap_tokens=32))
+    header_chunks = [chunk for chunk in chunks if "column" in chunk.text]
+    row_chunks = [chunk for chunk in chunks if "Lyon" in chunk.text]
+    assert len(chunks) == len(header_chunks) + len(row_chunks)
+    assert not any("column" in chunk.text and "Lyon" in chunk.text for chunk in chunks)
+    assert "\n".join(chunk.text for chunk in row_chunks) == "\n".join(rows)  # rows whole
+    assert "".join(chunk.text for chunk in header_chunks) == header  # cut between cells only
+    assert all(chunk.text.endswith(";") for chunk in header_chunks[:-1])
+    assert all(chunk.tokens <= 200 for chunk in chunks)
+    # nothing repeated: the chunks hold the document's tokens once (give or take the cuts)
+    assert sum(chunk.tokens for chunk in chunks) <= 1.05 * count_tokens(doc.text)
+
+
+def test_csv_row_without_spaces_is_cut_between_cells() -> None:
+    row = ";".join(f"value{number}" for number in range(400))
+    doc = parse_document(f"a;b\n{row}\nx;y\n".encode(), CSV, "long-row.csv")
+    chunks = chunk_document(doc, ChunkingOptions(size_tokens=64, overlap_tokens=0))
+    pieces = [chunk.text.removeprefix("a;b\n") for chunk in chunks if "value" in chunk.text]
+    assert "".join(pieces) == row
+    assert all(len(piece) > 20 for piece in pieces)
+    assert all(chunk.tokens <= 64 for chunk in chunks)

@@ -28,9 +28,10 @@ TEXT = b"The lighthouse keeper logs every passing ship in a leather-bound book.\
 
 
 class Client:
-    def __init__(self, http: httpx.AsyncClient, base: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, base: str, settings: Settings) -> None:
         self.http = http
         self.base = base
+        self.settings = settings
 
     async def upload(
         self, name: str, data: bytes, collection: str = "default", **extra: Any
@@ -60,7 +61,7 @@ class Client:
 async def _client(settings: Settings) -> AsyncIterator[Client]:
     app = create_app(settings, run_workers=True)
     async with serve_app(app) as base, httpx.AsyncClient(timeout=60) as http:
-        yield Client(http, base)
+        yield Client(http, base, settings)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +224,25 @@ async def test_postgresql_registry(
             document = await client.ingest("animals.pdf", make_pdf())
             (top, *_) = await client.search(PAGE_SENTENCES[2])
             assert top["document_id"] == document["id"] and top["page"] == 3
+
+
+async def test_a_refused_file_stores_nothing_of_its_upload(client: Client) -> None:
+    """Files stream into temporary blob files; one refused file refuses the whole upload and
+    removes every temporary file, so nothing is registered and nothing is left on disk."""
+    blobs = client.settings.data_dir / "blobs"
+    before = sorted(p.relative_to(blobs) for p in blobs.rglob("*") if p.is_file())
+    good = make_docx()
+    response = await client.http.post(
+        f"{client.base}/v1/documents",
+        data={"collection": "refused"},
+        files=[
+            ("file", ("guide.docx", io.BytesIO(good))),
+            ("file", ("picture.png", io.BytesIO(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8))),
+        ],
+    )
+    assert response.status_code == 415, response.text
+    assert response.json()["error"]["filename"] == "picture.png"
+    after = sorted(p.relative_to(blobs) for p in blobs.rglob("*") if p.is_file())
+    assert after == before
+    listed = await client.http.get(f"{client.base}/v1/documents", params={"collection": "refused"})
+    assert listed.json()["documents"] == []

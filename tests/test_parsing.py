@@ -4,6 +4,7 @@ plain text; and their failures (encrypted, corrupt, scanned, empty)."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import zipfile
@@ -15,7 +16,7 @@ from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
 from ingest.detect import CSV, DOCX, MARKDOWN, PDF, TEXT
-from ingest.parsing import ParsedDocument, ParseError, parse_document
+from ingest.parsing import ParsedDocument, ParseError, ParseLimits, parse_document
 
 PAGE_SENTENCES = (
     "Aardvarks dig burrows in the savanna at night.",
@@ -187,8 +188,37 @@ def test_docx_zip_bomb_is_refused_before_unpacking() -> None:
         archive.writestr("word/media/padding.bin", bytes(24 * 2**20))
     with pytest.raises(ParseError) as caught:
         parse_document(out.getvalue(), DOCX, "bomb.docx")
-    assert caught.value.reason == "corrupt"
+    assert caught.value.reason == "too_large"
     assert "expands to" in str(caught.value)
+
+
+def test_docx_zip_bomb_behind_a_stored_random_part_is_refused() -> None:
+    """A large stored (uncompressed) random part used to raise the allowance of the whole file,
+    letting a highly compressed document.xml through: the ratio now holds per compressed part."""
+    out = io.BytesIO(make_docx())
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.writestr("word/media/noise.bin", os.urandom(640 * 1024), zipfile.ZIP_STORED)
+        archive.writestr("word/media/bomb.xml", b"<a/>" * (16 * 2**20), zipfile.ZIP_DEFLATED)
+    assert len(out.getvalue()) < 1024 * 1024  # 64 MiB unpacked hides in a sub-MiB file
+    with pytest.raises(ParseError) as caught:
+        parse_document(out.getvalue(), DOCX, "padded.docx")
+    assert caught.value.reason == "too_large"
+
+
+def test_docx_with_a_large_stored_part_is_accepted() -> None:
+    out = io.BytesIO(make_docx())
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.writestr("word/media/photo.jpg", os.urandom(6 * 2**20), zipfile.ZIP_STORED)
+    doc = parse_document(out.getvalue(), DOCX, "photo.docx")
+    assert doc.sections
+
+
+def test_pdf_over_the_page_cap_is_refused_before_reading_pages() -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_document(make_pdf(), PDF, "long.pdf", ParseLimits(max_pages=2))
+    assert caught.value.reason == "too_many_pages"
+    assert "3 pages" in str(caught.value)
+    assert parse_document(make_pdf(), PDF, "long.pdf", ParseLimits(max_pages=3)).pages == 3
 
 
 def test_csv_semicolons_latin1_header_on_every_row() -> None:

@@ -8,18 +8,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from ingest.detect import CSV, DOCX, MARKDOWN, PDF, TEXT
 from ingest.parsing.csv import parse_csv
 from ingest.parsing.docx import parse_docx
-from ingest.parsing.model import ParsedDocument, ParseError, Section
+from ingest.parsing.model import ParsedDocument, ParseError, ParseLimits, Progress, Section
 from ingest.parsing.pdf import parse_pdf
 from ingest.parsing.text import parse_markdown, parse_text
 
-__all__ = ["ParseError", "ParsedDocument", "Section", "parse_document"]
+__all__ = ["ParseError", "ParseLimits", "ParsedDocument", "Section", "parse_document"]
 
-_PARSERS: dict[str, Callable[[bytes, str, str], ParsedDocument]] = {
+
+class _Parser(Protocol):
+    def __call__(
+        self,
+        data: bytes,
+        content_type: str,
+        filename: str,
+        limits: ParseLimits = ...,
+        progress: Progress | None = ...,
+    ) -> ParsedDocument: ...
+
+
+_PARSERS: dict[str, _Parser] = {
     PDF: parse_pdf,
     DOCX: parse_docx,
     CSV: parse_csv,
@@ -28,8 +40,15 @@ _PARSERS: dict[str, Callable[[bytes, str, str], ParsedDocument]] = {
 }
 
 
-def parse_document(data: bytes, content_type: str, filename: str) -> ParsedDocument:
-    """Parse ``data`` as ``content_type`` (one of the types in :mod:`ingest.detect`).
+def parse_document(
+    data: bytes,
+    content_type: str,
+    filename: str,
+    limits: ParseLimits | None = None,
+    progress: Progress | None = None,
+) -> ParsedDocument:
+    """Parse ``data`` as ``content_type`` (one of the types in :mod:`ingest.detect`) within
+    ``limits``; ``progress(done, total)`` hears of long parsers' progress (pages).
 
     Raises :class:`ParseError`; an unknown ``content_type`` is a :class:`ValueError` (a bug in the
     caller, since detection only returns known types).
@@ -39,4 +58,4 @@ def parse_document(data: bytes, content_type: str, filename: str) -> ParsedDocum
     parser = _PARSERS.get(content_type.split(";")[0].strip().lower())
     if parser is None:
         raise ValueError(f"no parser for content type {content_type!r}")
-    return parser(data, content_type, filename)
+    return parser(data, content_type, filename, limits or ParseLimits(), progress)

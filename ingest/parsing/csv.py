@@ -15,7 +15,15 @@ import csv
 import io
 import re
 
-from ingest.parsing.model import ROWS, ParsedDocument, ParseError, TextBuilder
+from ingest.parsing.model import (
+    DEFAULT_LIMITS,
+    ROWS,
+    ParsedDocument,
+    ParseError,
+    ParseLimits,
+    Progress,
+    TextBuilder,
+)
 from ingest.parsing.text import decode_text, normalise
 
 _DELIMITERS = ",;\t|"
@@ -40,7 +48,13 @@ def _line(cells: list[str], delimiter: str) -> str:
     return out.getvalue()
 
 
-def parse_csv(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+def parse_csv(
+    data: bytes,
+    content_type: str,
+    filename: str,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> ParsedDocument:
     """Header plus one section per data row."""
     text = normalise(decode_text(data, filename))
     if not text.strip():

@@ -7,8 +7,9 @@ carries the path ending with itself). Each table is one ``"table"`` section with
 per row: when the table has a header row and more rows, each data row reads
 ``"Header A: value; Header B: value"`` (empty cells left out, missing headers named
 ``Column N``); a one-row table reads ``"value | value"``. Horizontally merged cells count once.
-A file python-docx cannot open, or an archive that unpacks to far more than its size
-(a zip bomb), is ``ParseError("corrupt")``.
+A file python-docx cannot open is ``ParseError("corrupt")``; an archive whose compressed parts
+unpack to more than ``limits.max_expansion`` times their size (a zip bomb) is
+``ParseError("too_large")``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ from docx.oxml.xmlchemy import BaseOxmlElement
 from docx.table import Table, _Row
 from docx.text.paragraph import Paragraph
 
-from ingest.parsing.model import TABLE, ParsedDocument, ParseError, TextBuilder
-
-MAX_EXPANSION = 100
-EXPANSION_ALLOWANCE = 8 * 2**20
-"""An archive may unpack to at most ``MAX_EXPANSION`` times its size plus this many bytes."""
+from ingest.parsing.model import (
+    DEFAULT_LIMITS,
+    EXPANSION_ALLOWANCE,
+    TABLE,
+    ParsedDocument,
+    ParseError,
+    ParseLimits,
+    Progress,
+    TextBuilder,
+)
 
 _HEADING_STYLE = re.compile(r"^Heading ([1-9])$")
 _WHITESPACE = re.compile(r"\s+")
@@ -108,24 +114,38 @@ def _blocks(container: BaseOxmlElement, parent: DocxDocument) -> Iterator[Paragr
                 yield from _blocks(content, parent)
 
 
-def _check_expansion(data: bytes, filename: str) -> None:
-    """Refuse archives that expand far beyond any real document (zip bombs)."""
+def _check_expansion(data: bytes, filename: str, limits: ParseLimits) -> None:
+    """Refuse archives that expand far beyond any real document (zip bombs).
+
+    Only compressed parts are held to the ratio, against their own compressed size: a large
+    stored (uncompressed) part neither needs the allowance nor raises it for the others.
+    ``file_size`` is what zipfile will decompress at most, so the headers cannot lie past it.
+    """
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            expanded = sum(info.file_size for info in archive.infolist())
+            parts = archive.infolist()
     except _OPEN_ERRORS as exc:
         raise ParseError("corrupt", f"{filename} is not a readable DOCX document") from exc
-    if expanded > MAX_EXPANSION * len(data) + EXPANSION_ALLOWANCE:
+    compressed = [part for part in parts if part.compress_type != zipfile.ZIP_STORED]
+    expanded = sum(part.file_size for part in compressed)
+    allowed = limits.max_expansion * sum(part.compress_size for part in compressed)
+    if expanded > allowed + EXPANSION_ALLOWANCE:
         raise ParseError(
-            "corrupt",
-            f"{filename} expands to {expanded // 2**20} MiB when unpacked, "
-            "far more than a document of its size should",
+            "too_large",
+            f"{filename} expands to {expanded / 2**20:.0f} MiB when unpacked, more than "
+            f"{limits.max_expansion:g} times its compressed parts (RAG_MAX_DECOMPRESSION_RATIO)",
         )
 
 
-def parse_docx(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+def parse_docx(
+    data: bytes,
+    content_type: str,
+    filename: str,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> ParsedDocument:
     """Paragraphs and tables in body order, with heading paths."""
-    _check_expansion(data, filename)
+    _check_expansion(data, filename, limits)
     try:
         document = docx.Document(io.BytesIO(data))
     except _OPEN_ERRORS as exc:

@@ -8,6 +8,7 @@ helper parsers use to keep that invariant while they assemble the text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TEXT, TABLE, ROWS = "text", "table", "rows"
@@ -39,11 +40,32 @@ class ParsedDocument:
     content_type: str
 
 
+@dataclass(frozen=True)
+class ParseLimits:
+    """What one document may cost to parse (the deadline and the memory cap are the parse
+    pool's: :mod:`ingest.parsepool`)."""
+
+    max_pages: int = 2000
+    """More pages than this: ``ParseError("too_many_pages")``."""
+    max_expansion: float = 100.0
+    """Compressed parts of an archive (DOCX) may unpack to at most this many times their
+    compressed size, plus :data:`EXPANSION_ALLOWANCE`; stored parts count at their own size and
+    earn no allowance: ``ParseError("too_large")``."""
+
+
+EXPANSION_ALLOWANCE = 4 * 2**20
+DEFAULT_LIMITS = ParseLimits()
+
+Progress = Callable[[int, int], None]
+"""Called by a parser with ``(done, total)`` pages as it advances."""
+
+
 class ParseError(Exception):
     """The document cannot be parsed.
 
     ``reason`` is short and machine-readable: ``"encrypted"``, ``"corrupt"``, ``"no_text"``,
-    ``"empty"`` or ``"undecodable"``; ``str(error)`` is a readable message for a person.
+    ``"empty"``, ``"undecodable"``, ``"too_many_pages"`` or ``"too_large"``; ``str(error)`` is a
+    readable message for a person.
     Picklable, so it crosses a process pool intact.
     """
 

@@ -2,7 +2,8 @@
 
 Failures are translated here into :class:`ParseError`: a file pypdf cannot read is ``"corrupt"``;
 an encrypted file that does not open with the empty password is ``"encrypted"``; a PDF whose
-pages give no text at all (a scan, images only) is ``"no_text"``. A single damaged page is
+pages give no text at all (a scan, images only) is ``"no_text"``; one with more pages than
+``limits.max_pages`` is ``"too_many_pages"`` (before any page is read). A single damaged page is
 skipped; only when no page can be read is the file ``"corrupt"``.
 
 Page text is normalised: NULs and control characters removed, runs of spaces and tabs collapsed,
@@ -19,7 +20,14 @@ import zlib
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
-from ingest.parsing.model import ParsedDocument, ParseError, TextBuilder
+from ingest.parsing.model import (
+    DEFAULT_LIMITS,
+    ParsedDocument,
+    ParseError,
+    ParseLimits,
+    Progress,
+    TextBuilder,
+)
 from ingest.parsing.text import normalise
 
 log = logging.getLogger(__name__)
@@ -84,7 +92,13 @@ def _page_count(reader: PdfReader, filename: str) -> int:
         raise ParseError("corrupt", f"{filename} has a damaged page tree") from exc
 
 
-def parse_pdf(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+def parse_pdf(
+    data: bytes,
+    content_type: str,
+    filename: str,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> ParsedDocument:
     """Extract the text of every page, in order.
 
     A page whose text cannot be extracted is skipped (and logged) as long as another page can
@@ -94,6 +108,12 @@ def parse_pdf(data: bytes, content_type: str, filename: str) -> ParsedDocument:
     page_count = _page_count(reader, filename)
     if page_count == 0:
         raise ParseError("empty", f"{filename} has no pages")
+    if page_count > limits.max_pages:
+        raise ParseError(
+            "too_many_pages",
+            f"{filename} has {page_count} pages, more than the limit of {limits.max_pages} "
+            "(RAG_PARSE_MAX_PAGES); split it or raise the limit",
+        )
     builder = TextBuilder()
     failed: list[int] = []
     for number in range(1, page_count + 1):
@@ -104,6 +124,8 @@ def parse_pdf(data: bytes, content_type: str, filename: str) -> ParsedDocument:
             failed.append(number)
             continue
         builder.add(_clean(text), page=number)
+        if progress is not None:
+            progress(number, page_count)
     if len(failed) == page_count:
         raise ParseError("corrupt", f"{filename} is not a readable PDF (no page could be read)")
     if not builder.sections:

@@ -18,7 +18,15 @@ import re
 
 from charset_normalizer import CharsetMatch, from_bytes
 
-from ingest.parsing.model import TEXT, ParsedDocument, ParseError, Section
+from ingest.parsing.model import (
+    DEFAULT_LIMITS,
+    TEXT,
+    ParsedDocument,
+    ParseError,
+    ParseLimits,
+    Progress,
+    Section,
+)
 
 _LINE_BREAKS = str.maketrans(
     {"\r": "\n", "\x0b": "\n", "\x85": "\n", "\u2028": "\n", "\u2029": "\n\n", "\x0c": "\n\n"}
@@ -110,7 +118,13 @@ def _require_text(text: str, filename: str) -> None:
         raise ParseError("empty", f"{filename} contains no text")
 
 
-def parse_text(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+def parse_text(
+    data: bytes,
+    content_type: str,
+    filename: str,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> ParsedDocument:
     """Plain text: one section per paragraph."""
     text = normalise(decode_text(data, filename))
     _require_text(text, filename)
@@ -132,7 +146,13 @@ def _heading(
     return None
 
 
-def parse_markdown(data: bytes, content_type: str, filename: str) -> ParsedDocument:
+def parse_markdown(
+    data: bytes,
+    content_type: str,
+    filename: str,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> ParsedDocument:
     """Markdown: ATX (``#`` .. ``######``) and setext headings build the heading path."""
     text = normalise(decode_text(data, filename))
     _require_text(text, filename)

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
-from ingest.detect import DetectionError, detect_content_type
+from ingest.detect import SAMPLE_BYTES, DetectionError, detect_content_type
 from ingest.registry import DocumentStatus, JobNotRetryable
 from rag.api.deps import BlobsDep, RegistryDep, SettingsDep, StoreDep, WorkersDep
-from rag.api.upload import read_upload
+from rag.api.upload import UploadedFile, read_upload
 from rag.core.collections import check_collection
 from rag.core.errors import Conflict, InvalidRequest, NotFound, UnsupportedType
 
 router = APIRouter(tags=["documents"])
-DETECT_BYTES = 1 << 20
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while block := await upload.read(1 << 20):
-        yield block
 
 
 @router.post("/v1/documents", status_code=202, summary="Upload one or more documents")
@@ -34,34 +26,40 @@ async def upload_documents(
     blobs: BlobsDep,
     workers: WorkersDep,
 ) -> JSONResponse:
+    # Each file streams into a temporary blob file (hashed as it arrives, its head kept); every
+    # file is checked before any is stored, and a refused upload leaves nothing behind.
     async with read_upload(
-        request, max_bytes=settings.max_upload_bytes, max_files=settings.max_files_per_upload
+        request,
+        blobs,
+        max_bytes=settings.max_upload_bytes,
+        max_files=settings.max_files_per_upload,
+        head_bytes=SAMPLE_BYTES + 1,  # one byte more tells detection the head is not all
     ) as form:
-        accepted: list[tuple[UploadFile, str]] = []
-        for upload in form.files:  # check every file before storing any
-            filename = upload.filename or "upload"
-            await upload.seek(0)
-            data = await upload.read()
-            await upload.seek(0)
+        accepted: list[tuple[UploadedFile, str]] = []
+        for upload in form.files:
             try:
                 content_type = await asyncio.to_thread(
-                    detect_content_type, data, filename, upload.content_type
+                    detect_content_type,
+                    upload.writer.head,
+                    upload.filename,
+                    upload.declared_type,
+                    path=upload.writer.temp_path,
                 )
             except DetectionError as exc:
                 error = InvalidRequest if exc.reason == "empty" else UnsupportedType
-                raise error(str(exc), filename=filename, reason=exc.reason) from exc
+                raise error(str(exc), filename=upload.filename, reason=exc.reason) from exc
             accepted.append((upload, content_type))
 
         answers: list[dict[str, Any]] = []
         created_any = False
         for upload, content_type in accepted:
-            sha256, size, _ = await blobs.write_stream(_chunks(upload), settings.max_upload_bytes)
+            await upload.writer.commit()
             document, job, created = await registry.add_document(
                 collection=form.collection,
-                filename=upload.filename or "upload",
+                filename=upload.filename,
                 content_type=content_type,
-                sha256=sha256,
-                size=size,
+                sha256=await upload.writer.finish(),
+                size=upload.writer.size,
                 metadata=form.metadata,
                 max_attempts=settings.job_max_attempts,
             )
@@ -113,14 +111,28 @@ async def get_document(registry: RegistryDep, document_id: str) -> dict[str, Any
 async def delete_document(
     registry: RegistryDep, store: StoreDep, blobs: BlobsDep, document_id: str
 ) -> Response:
-    document = await registry.get_document(document_id)
+    # The registry row goes first: a job still ingesting the document loses it at its next
+    # upsert and removes what it wrote after this point; the store delete removes the rest.
+    document = await registry.delete_document(document_id)
     if document is None:
         raise NotFound(f"no document {document_id}")
     await store.delete_document(document.collection, document.id)
-    await registry.delete_document(document.id)
     if not await registry.sha256_in_use(document.sha256):
         await blobs.delete(document.sha256)
     return Response(status_code=204)
+
+
+@router.post(
+    "/v1/documents/{document_id}/retry", status_code=202, summary="Retry a failed document"
+)
+async def retry_document(
+    registry: RegistryDep, workers: WorkersDep, document_id: str
+) -> dict[str, Any]:
+    """Requeue the latest job of a ``failed`` document (as ``POST /v1/jobs/{id}/retry``)."""
+    job = await registry.latest_job_for(document_id)
+    if job is None:
+        raise NotFound(f"no document {document_id}")
+    return await retry_job(registry, workers, job.id)
 
 
 @router.get("/v1/jobs/{job_id}", summary="State and progress of an ingestion job")

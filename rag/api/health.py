@@ -16,6 +16,7 @@ from rag.api.deps import (
     RegistryDep,
     StoreDep,
     SupervisorDep,
+    WorkersDep,
 )
 from rag.core.errors import RagError
 
@@ -51,12 +52,13 @@ async def _probe(name: str, check: Any) -> tuple[str, dict[str, Any]]:
     return name, {"ok": True}
 
 
-@router.get("/readyz", summary="Stores, registry and llama.cpp pools are reachable")
+@router.get("/readyz", summary="Stores, registry, llama.cpp pools and parse processes are ready")
 async def readyz(
     registry: RegistryDep,
     store: StoreDep,
     embedding_pool: EmbeddingPoolDep,
     generation_pool: GenerationPoolDep,
+    workers: WorkersDep,
 ) -> JSONResponse:
     probes = await asyncio.gather(
         _probe("registry", registry.ping()),
@@ -65,6 +67,9 @@ async def readyz(
     checks: dict[str, Any] = dict(probes)
     checks["embedding_pool"] = _pool_check(embedding_pool.status())
     checks["generation_pool"] = _pool_check(generation_pool.status())
+    parse_pool = workers.parse_pool if workers is not None else None
+    if parse_pool is not None:  # a process that runs ingestion workers parses in it
+        checks["parse_pool"] = parse_pool.status()
     missing = sorted(name for name, check in checks.items() if not check["ok"])
     body = {"status": "not_ready" if missing else "ready", "checks": checks, "missing": missing}
     headers = {"Retry-After": "2"} if missing else {}

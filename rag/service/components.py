@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from ingest.blobs import BlobStore
 from ingest.chunking import ChunkingOptions
+from ingest.parsepool import ParsePool, ParsePoolOptions
+from ingest.parsing import ParseLimits
 from ingest.pipeline import IngestOptions, prepare_parse_process
 from ingest.registry import Registry
 from ingest.worker import Workers
@@ -78,6 +77,11 @@ def ingest_options(settings: Settings) -> IngestOptions:
         embedding_max_tokens=settings.embedding_max_tokens,
         # one group keeps every embedding call of a round in flight
         upsert_batch=settings.embedding_batch_size * settings.embedding_concurrency,
+        limits=ParseLimits(
+            max_pages=settings.parse_max_pages, max_expansion=settings.max_decompression_ratio
+        ),
+        parse_timeout=settings.parse_timeout_seconds,
+        memory_limit_mb=settings.parse_memory_mb or None,
     )
 
 
@@ -154,7 +158,11 @@ async def open_components(
         )
         workers = None
         if run_workers and settings.workers > 0:
-            workers = _workers(settings, stack, registry, blobs, store, embedder)
+            removed = await blobs.remove_stale_temp(settings.stale_upload_seconds)
+            if removed:
+                log.info("removed %d stale temporary upload file(s)", removed)
+            parse_pool = await _parse_pool(settings, stack)
+            workers = _workers(settings, registry, blobs, store, embedder, parse_pool)
             workers.start()
             stack.push_async_callback(workers.stop)
         yield Components(
@@ -214,33 +222,38 @@ def _supervisor(
 
 def _workers(
     settings: Settings,
-    stack: contextlib.AsyncExitStack,
     registry: Registry,
     blobs: BlobStore,
     store: VectorStore,
     embedder: Embedder,
+    parse_pool: ParsePool,
 ) -> Workers:
-    # spawn, not fork: a forked child would inherit (and outlive us holding) the lock of Qdrant
-    # local mode and every other descriptor this process has open; and each parse process dies
-    # with us, even when we are SIGKILLed
-    executor = stack.enter_context(
-        ProcessPoolExecutor(
-            settings.parse_processes,
-            mp_context=get_context("spawn"),
-            initializer=prepare_parse_process,
-            initargs=(os.getpid(),),
-        )
-    )
-    for _ in range(settings.parse_processes):  # start and warm them now, not on the first upload
-        executor.submit(int)
     return Workers(
         registry=registry,
         blobs=blobs,
         store=store,
         embedder=embedder,
         options=ingest_options(settings),
-        executor=executor,
+        executor=parse_pool,
         concurrency=settings.workers,
         lease_seconds=settings.job_lease_seconds,
         progress_interval=settings.job_progress_interval,
+        stall_seconds=settings.job_stall_seconds,
     )
+
+
+async def _parse_pool(settings: Settings, stack: contextlib.AsyncExitStack) -> ParsePool:
+    """Supervised parse processes (spawned, not forked: a forked child would inherit the lock of
+    Qdrant local mode and every descriptor this process holds; each dies with us), started and
+    warmed now rather than on the first upload."""
+    memory = settings.parse_memory_mb * 2**20 if settings.parse_memory_mb else None
+    pool = ParsePool(
+        ParsePoolOptions(
+            processes=settings.parse_processes,
+            memory_bytes=memory,
+            initializer=prepare_parse_process,
+        )
+    )
+    await pool.start()
+    stack.push_async_callback(pool.close)
+    return pool
