@@ -87,13 +87,20 @@ class AnswerService:
                 reason="question_too_long",
             )
         template = load_template(self.settings.answer_template)
-        results = await self.searcher.search(
-            text,
-            collection=question.collection,
-            top_k=question.top_k or self.settings.answer_top_k,
-            filter=question.filter,
-            retrieval="dense",  # the threshold is a cosine score
-        )
+        try:
+            results = await self.searcher.search(
+                text,
+                collection=question.collection,
+                top_k=question.top_k or self.settings.answer_top_k,
+                filter=question.filter,
+                retrieval="dense",  # the threshold is a cosine score
+            )
+        except InvalidRequest as exc:  # the embedding model's limit: the question is too long
+            if exc.details.get("reason") != "query_too_long":
+                raise
+            raise InvalidRequest(
+                exc.message.replace("the query", "the question", 1), reason="question_too_long"
+            ) from exc
         relevant = [r for r in results if r.score >= self.settings.answer_min_score]
         if not relevant:
             return Prepared(template, [], dont_know="no_relevant_sources")

@@ -78,6 +78,19 @@ async def test_question_too_long_is_400_with_reason(qa_app: QaApp) -> None:
     assert str(limit) in error["message"]
 
 
+async def test_a_question_past_the_embedding_models_limit_is_question_too_long(
+    qa_app: QaApp,
+) -> None:
+    """Within the character limit but over the embedding model's 256 tokens: the answer route
+    names it as a question (the search route's reason is ``query_too_long``)."""
+    numbers = " ".join(str(n) for n in range(300))  # a WordPiece token per number at least
+    limit = qa_app.served.settings.question_max_chars
+    body = {"question": numbers[:limit], "collection": COLLECTION}  # ~270 numbers
+    error = assert_error(await post(qa_app.served.url, body), 400, "invalid_request")
+    assert error["reason"] == "question_too_long"
+    assert error["message"].startswith("the question is")
+
+
 async def test_invalid_collection_name_is_400(qa_app: QaApp) -> None:
     body = {"question": QUESTION, "collection": "../etc"}
     assert_error(await post(qa_app.served.url, body), 400, "invalid_request")
