@@ -1,4 +1,8 @@
-"""``rag``: run, serve, and manage the llama.cpp runtime."""
+"""``rag``: run, serve, and manage the llama.cpp runtime.
+
+The service's app (and with it ingestion, the vector store and their libraries) is imported by
+the commands that serve it, so that ``rag balancer`` and ``rag runtime`` start light.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ import httpx
 import typer
 import uvicorn
 
-from rag.api.app import create_app
 from rag.cli.progress import console, stage_progress
 from rag.core.errors import RuntimeSetupError
 from rag.core.runtime.children import child_specs
@@ -20,7 +23,6 @@ from rag.core.runtime.prepare import PreparedRuntime, prepare_runtime
 from rag.core.runtime.status import runtime_status
 from rag.core.runtime.verify import verify_embedding_model
 from rag.core.settings import Settings
-from rag.service.components import EmbeddedRuntime
 
 app = typer.Typer(help="Self-hosted RAG service on llama.cpp.", no_args_is_help=True)
 runtime_app = typer.Typer(help="Build llama-server, prepare models, show status.")
@@ -58,6 +60,9 @@ def run(
     ] = None,
 ) -> None:
     """Run everything on this machine: API, workers and supervised llama-server children."""
+    from rag.api.app import create_app
+    from rag.service.components import EmbeddedRuntime
+
     settings = _settings(host=host, port=port, ingest_samples=samples)
     prepared = _prepare(settings)
     specs = child_specs(settings, prepared.embedding_model, prepared.generation_model)
@@ -75,6 +80,8 @@ def run(
 def serve(host: HostOption = None, port: PortOption = None) -> None:
     """Run the API only, against llama.cpp servers given by RAG_EMBEDDING_URLS and
     RAG_GENERATION_URLS."""
+    from rag.api.app import create_app
+
     settings = _settings(host=host, port=port)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
