@@ -35,8 +35,10 @@ from typing import Any
 
 from bench.pool.common import (
     Sample,
+    add_server_options,
     balancer,
     closed_loop,
+    command_line,
     llama_servers,
     machine,
     mean,
@@ -44,6 +46,7 @@ from bench.pool.common import (
     p50,
     paired_ratio_interval,
     publish,
+    server_options,
     stop_on_sigterm,
     summary,
     workdir,
@@ -58,10 +61,10 @@ SYSTEM = (
 )
 
 
-def source_sets(count: int, seed: int = 11) -> list[str]:
+def source_sets(count: int, seed: int = 11, corpus_path: Path = SCIFACT) -> list[str]:
     """``count`` blocks of numbered sources, about SOURCE_CHARS characters each."""
     abstracts: list[str] = []
-    with SCIFACT.open() as corpus:
+    with corpus_path.open() as corpus:
         for line in corpus:
             text = json.loads(line)["text"]
             if 300 < len(text) < 900:
@@ -107,16 +110,23 @@ def main() -> None:
     parser.add_argument(
         "--cache-ram", type=int, default=None, help="llama-server --cache-ram in MiB (0: off)"
     )
+    parser.add_argument(
+        "--corpus", type=Path, default=SCIFACT, help="SciFact corpus.jsonl (../shared/data)"
+    )
+    add_server_options(parser)
     args = parser.parse_args()
+    options = server_options(args)
     stop_on_sigterm()
-    sets = source_sets(args.sets)
+    sets = source_sets(args.sets, corpus_path=args.corpus)
     variants = {"with affinity": "true", "without affinity": "false"}
     samples: dict[str, list[Sample]] = {name: [] for name in variants}
     rounds: dict[str, list[list[float]]] = {name: [] for name in variants}  # TTFTs per round
-    env = machine()
+    env = machine(args.machine)
     with (
         workdir("bench-pool-affinity-") as tmp,
-        llama_servers(2, slots=2, ctx=4096, workdir=tmp, cache_ram_mib=args.cache_ram) as upstreams,
+        llama_servers(
+            2, slots=2, ctx=4096, workdir=tmp, cache_ram_mib=args.cache_ram, options=options
+        ) as upstreams,  # fmt: skip
     ):
         for repeat, names in enumerate(orders(variants, args.repeats)):
             for name in names:
@@ -168,21 +178,17 @@ def main() -> None:
         f"({v['cached_share']:.0%}) | {v['errors']} |"
         for name, v in result["variants"].items()
     ]
-    command = ".venv/bin/python -m bench.pool.affinity"
-    if (args.sets, args.questions, args.clients, args.repeats) != DEFAULT_LOAD:
-        command += (
-            f" --sets {args.sets} --questions {args.questions} --clients {args.clients}"
-            f" --repeats {args.repeats}"
-        )
-    if args.cache_ram is not None:
-        command += f" --cache-ram {args.cache_ram}"
+    command = command_line("bench.pool.affinity")
+    result["command"] = command
+    result["flags"] = options.describe()
     cache = "default --cache-ram" if args.cache_ram is None else f"--cache-ram {args.cache_ram}"
     lines = [
         "# Pool benchmark: prefix affinity on a RAG-like load",
         "",
         f"Command: `{command}`",
         "",
-        f"Two llama-servers (SmolLM2-135M, -np 2 -c 4096, -t 1, {cache}) behind `rag balancer` "
+        f"Two llama-servers (SmolLM2-135M, -np {options.slots or 2} -c {options.ctx or 4096}, "
+        f"{options.describe()}, {cache}) behind `rag balancer` "
         f"(slots policy). {args.sets} source sets x {args.questions} questions, "
         f"{args.clients} closed-loop clients, streamed /completion, 4 tokens each; "
         f"{args.repeats} alternating rounds per variant, each with its own salt. TTFT in "

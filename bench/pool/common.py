@@ -100,13 +100,105 @@ def orders(names: Iterable[str], repeats: int) -> Iterator[list[str]]:
         yield listed if repeat % 2 == 0 else listed[::-1]
 
 
-def machine() -> dict[str, Any]:
+def gpu_names() -> list[str]:
+    """The GPUs ``nvidia-smi`` lists (none without it)."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.splitlines() if line.strip()]
+
+
+def machine(label: str | None = None) -> dict[str, Any]:
+    """The machine a run measured: CPUs, GPUs, load, date, and a name for its result files
+    (``label``, else the first GPU's name, else none: the CPU results keep their names)."""
+    gpus = gpu_names()
+    name = label or (gpus[0] if gpus else None)
     return {
         "cpus": os.cpu_count(),
+        "gpus": gpus,
+        "label": name,
+        "slug": _slug(name) if name else None,
         "python": platform.python_version(),
         "load_average_at_start": os.getloadavg(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _slug(name: str) -> str:
+    """``NVIDIA H200`` -> ``h200``: the short name for file names."""
+    cleaned = "".join(c if c.isalnum() else " " for c in name.lower().replace("nvidia", " "))
+    return "-".join(cleaned.split()) or "machine"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Which llama-server, which models, and the GPU/CPU flags of the servers a benchmark runs
+    (``add_server_options``): the same commands run on the 2-core machine and a GPU host."""
+
+    llama_server: Path | None = None  # default: the prepared runtime's (built if need be)
+    model: Path | None = None  # generation GGUF; default: SmolLM2 from the runtime
+    embedding_model: Path | None = None  # default: all-MiniLM-L6-v2 from the runtime
+    ngl: int | None = None  # -ngl (layers on the GPU); None: not passed
+    threads: int = 1  # -t
+    slots: int | None = None  # -np; None: the benchmark's own default
+    ctx: int | None = None  # -c (all slots together); None: the benchmark's own default
+    extra: tuple[str, ...] = ()  # more llama-server arguments
+
+    def binary(self) -> Path:
+        return self.llama_server or ensure_llama_server(Settings())
+
+    def generation(self) -> Path:
+        return self.model or ensure_generation_model(Settings())
+
+    def embedding(self) -> Path:
+        if self.embedding_model is not None:
+            return self.embedding_model
+        from rag.core.runtime.models import ensure_embedding_model
+
+        return ensure_embedding_model(Settings())
+
+    def flags(self) -> list[str]:
+        flags = ["-t", str(self.threads)]
+        if self.ngl is not None:
+            flags += ["-ngl", str(self.ngl)]
+        return [*flags, *self.extra]
+
+    def describe(self) -> str:
+        return " ".join(self.flags())
+
+
+def add_server_options(parser: Any, *, machine_label: bool = True) -> None:
+    """The options every pool benchmark takes for its llama-servers (``server_options``)."""
+    group = parser.add_argument_group("llama-server")
+    group.add_argument("--llama-server", type=Path, help="binary (default: the runtime's)")
+    group.add_argument("--model", type=Path, help="generation GGUF (default: SmolLM2)")
+    group.add_argument("--embedding-model", type=Path, help="embedding GGUF (default: MiniLM)")
+    group.add_argument("--ngl", type=int, help="-ngl: layers on the GPU (e.g. 99)")
+    group.add_argument("--threads", type=int, default=1, help="-t per server (default 1)")
+    group.add_argument("--slots", type=int, help="-np per server (default: the benchmark's)")
+    group.add_argument("--ctx", type=int, help="-c per server (default: the benchmark's)")
+    group.add_argument(
+        "--server-arg", action="append", default=[], help="one more llama-server argument"
+    )
+    if machine_label:
+        group.add_argument("--machine", help="machine name for the results (default: GPU name)")
+
+
+def server_options(args: Any) -> ServerOptions:
+    return ServerOptions(
+        llama_server=args.llama_server, model=args.model, embedding_model=args.embedding_model,
+        ngl=args.ngl, threads=args.threads, slots=args.slots, ctx=args.ctx,
+        extra=tuple(args.server_arg),
+    )  # fmt: skip
+
+
+def command_line(module: str) -> str:
+    """The command that ran, for the results: ``python -m MODULE ARGS``."""
+    return " ".join(["python -m", module, *sys.argv[1:]])
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -161,13 +253,26 @@ def _stop(procs: Sequence[Proc]) -> None:
 
 @contextlib.contextmanager
 def llama_servers(
-    count: int, *, slots: int, ctx: int, workdir: Path, cache_ram_mib: int | None = None
+    count: int,
+    *,
+    slots: int,
+    ctx: int,
+    workdir: Path,
+    cache_ram_mib: int | None = None,
+    options: ServerOptions | None = None,
+    embedding: bool = False,
+    args: Sequence[str] = (),
 ) -> Iterator[list[str]]:
-    """``count`` real llama-servers (SmolLM2-135M, ``-np slots -c ctx -t 1``; ``--cache-ram``
-    when ``cache_ram_mib`` is given, else llama-server's default of 8 GiB)."""
-    settings = Settings()
-    binary = ensure_llama_server(settings)
-    model = ensure_generation_model(settings)
+    """``count`` real llama-servers (``-np slots -c ctx``, the model, binary and flags of
+    ``options``: SmolLM2-135M and ``-t 1`` by default; ``options.slots`` / ``options.ctx`` win
+    over the benchmark's ``slots`` / ``ctx``; ``--cache-ram`` when ``cache_ram_mib`` is given,
+    else llama-server's default of 8 GiB). ``embedding``: the embedding model; ``args``: the
+    benchmark's own extra arguments."""
+    options = options or ServerOptions()
+    binary = options.binary()
+    model = options.embedding() if embedding else options.generation()
+    slots = options.slots or slots
+    ctx = options.ctx or ctx
     procs: list[Proc] = []
     try:
         for index in range(count):
@@ -175,7 +280,8 @@ def llama_servers(
             log = workdir / f"llama-{index}.log"
             with log.open("wb") as out:
                 process = subprocess.Popen(
-                    [str(binary), "-m", str(model), "-c", str(ctx), "-np", str(slots), "-t", "1",
+                    [str(binary), "-m", str(model), "-c", str(ctx), "-np", str(slots),
+                     *options.flags(), *args,
                      "--no-webui", "--host", "127.0.0.1", "--port", str(port),
                      *(["--cache-ram", str(cache_ram_mib)] if cache_ram_mib is not None else [])],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -195,11 +301,14 @@ def balancer(
 ) -> Iterator[str]:
     """``rag balancer`` in its own process, exactly as an operator starts it."""
     port = free_port()
-    command = [str(Path(sys.executable).parent / "rag"), "balancer", "--port", str(port)]
+    # python -m rag: also where the project runs from its source tree (PYTHONPATH, no venv)
+    command = [sys.executable, "-m", "rag", "balancer", "--port", str(port)]
     command += ["--policy", policy]
     for url in upstreams:
         command += ["--upstream", url]
-    environment = {**os.environ, "RAG_BALANCER_LOG_LEVEL": "warning"}
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    environment = {**os.environ, "RAG_BALANCER_LOG_LEVEL": "warning", "PYTHONPATH": path}
     environment.update({f"RAG_BALANCER_{k.upper()}": v for k, v in env.items()})
     log = workdir / f"balancer-{port}.log"
     with log.open("wb") as out:
@@ -364,12 +473,16 @@ def publish(
     ylabel: str,
 ) -> None:
     """Write ``name``.json, .md (``lines`` and the machine they ran on) and .png, and print."""
+    if env.get("slug"):
+        name = f"{name}-{env['slug']}"  # a GPU host's results beside the 2-core machine's
+    gpus = f", GPUs: {', '.join(env['gpus'])}" if env.get("gpus") else ""
+    label = f"{env['label']}: " if env.get("label") else ""
     markdown = "\n".join(
         [
             *lines,
             "",
-            f"Machine: {env['cpus']} CPUs, load average at start {env['load_average_at_start']}, "
-            f"{env['date_utc']}.",
+            f"Machine: {label}{env['cpus']} CPUs{gpus}, load average at start "
+            f"{env['load_average_at_start']}, {env['date_utc']}.",
             "",
         ]
     )

@@ -1,0 +1,245 @@
+"""Saturation: many concurrent streamed generations over two llama-servers, through
+``rag balancer`` against the best static split (each client pinned to one server, evenly).
+
+    python -m bench.pool.streams [--streams 64 128] [--tokens 128] [--requests 3] [--rounds 1]
+        [--llama-server PATH --model GGUF --ngl 99 --slots 32 --ctx 32768 --machine NAME]
+
+Per stream count and round: every client sends ``--requests`` streamed chat completions of
+``--tokens`` tokens (``ignore_eos``) one after the other, first directly (client ``i`` to server
+``i % 2``), then through the balancer (alternating the order each round). Measured: aggregate
+generated tokens per second (tokens / wall time of the whole load), TTFT p50/p99, answers with a
+5xx status or broken off, and from the balancer's ``/metrics`` before and after: buffer waits
+(count, > 0.1 s, > 1 s), early handoffs, failovers, upstream errors. Goals (issue 13): tok/s
+through it >= 0.97 of direct, TTFT p99 <= 1.2x direct, no 5xx. Results:
+docs/benchmarks/pool-streams[-MACHINE].{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.pool.common import (
+    add_server_options,
+    balancer,
+    command_line,
+    llama_servers,
+    machine,
+    orders,
+    percentile,
+    publish,
+    server_options,
+    stop_on_sigterm,
+    workdir,
+)
+
+PROMPT = "Write a long story about a lighthouse keeper and the sea."
+COUNTERS = {
+    "buffer_waits": "rag_pool_buffer_wait_seconds_count",
+    "early_handoffs": "rag_pool_early_handoffs_total",
+    "failovers": "rag_pool_failovers_total",
+    "upstream_errors": "rag_pool_upstream_errors_total",
+    "rejected": "rag_pool_rejected_total",
+}
+
+
+@dataclass
+class Stream:
+    status: int
+    ttft: float
+    tokens: int
+    complete: bool
+
+
+async def chat_stream(http: httpx.AsyncClient, url: str, tokens: int) -> Stream:
+    body = {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    started = time.perf_counter()
+    ttft, counted, usage, done = float("nan"), 0, None, False
+    try:
+        async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return Stream(response.status_code, ttft, 0, False)
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    usage = event["usage"].get("completion_tokens")
+                for choice in event.get("choices", []):
+                    if choice.get("delta", {}).get("content"):
+                        counted += 1
+                        if ttft != ttft:
+                            ttft = time.perf_counter() - started
+    except httpx.HTTPError:
+        return Stream(0, ttft, counted, False)
+    return Stream(200, ttft, int(usage) if usage is not None else counted, done)
+
+
+async def run_load(urls: list[str], clients: int, requests: int, tokens: int) -> dict[str, Any]:
+    """``clients`` closed-loop clients, client ``i`` on ``urls[i % len(urls)]``."""
+    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients)
+    timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=120.0)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+
+        async def client(i: int) -> list[Stream]:
+            return [await chat_stream(http, urls[i % len(urls)], tokens) for _ in range(requests)]
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(client(i) for i in range(clients)))
+        wall = time.perf_counter() - started
+    streams = [s for got in results for s in got]
+    ok = [s for s in streams if s.status == 200 and s.complete]
+    ttfts = [s.ttft for s in ok if s.ttft == s.ttft]
+    return {
+        "wall_s": wall,
+        "requests": len(streams),
+        "tokens": sum(s.tokens for s in ok),
+        "tok_per_s": sum(s.tokens for s in ok) / wall,
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p99_s": percentile(ttfts, 99),
+        "status_5xx": sum(1 for s in streams if s.status >= 500),
+        "broken": sum(1 for s in streams if s.status == 0 or (s.status == 200 and not s.complete)),
+        "other_errors": sum(1 for s in streams if 0 < s.status < 500 and s.status != 200),
+    }
+
+
+def pool_counters(url: str) -> dict[str, float]:
+    """The balancer's counters and its buffer-wait histogram buckets, summed over labels."""
+    text = httpx.get(f"{url}/metrics", timeout=10.0).text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rag_pool_buffer_wait_seconds_bucket":
+                key = f"wait_le_{sample.labels['le']}"
+                found[key] = found.get(key, 0.0) + sample.value
+            else:
+                found[sample.name] = found.get(sample.name, 0.0) + sample.value
+    return found
+
+
+def waits(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    result = {name: delta.get(metric, 0.0) for name, metric in COUNTERS.items()}
+    total = delta.get("wait_le_+Inf", 0.0)
+    result["buffer_waits_over_0.1s"] = total - delta.get("wait_le_0.1", 0.0)
+    result["buffer_waits_over_1s"] = total - delta.get("wait_le_1.0", 0.0)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[16, 24])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--requests", type=int, default=3, help="per client, back to back")
+    parser.add_argument("--rounds", type=int, default=1)
+    add_server_options(parser)
+    args = parser.parse_args()
+    options = server_options(args)
+    stop_on_sigterm()
+    env = machine(args.machine)
+    slots = options.slots or 8
+    ctx = options.ctx or slots * 512
+    result: dict[str, Any] = {
+        "benchmark": "pool-streams", "machine": env, "command": command_line("bench.pool.streams"),
+        "servers": 2, "slots_per_server": slots, "ctx_per_server": ctx,
+        "flags": options.describe(), "tokens": args.tokens, "requests_per_client": args.requests,
+        "runs": {},
+    }  # fmt: skip
+    with (
+        workdir("bench-pool-streams-") as tmp,
+        llama_servers(2, slots=slots, ctx=ctx, workdir=tmp, options=options) as upstreams,
+        balancer(upstreams, workdir=tmp, buffer_size="1024", buffer_timeout="120") as via,
+    ):
+        asyncio.run(run_load(upstreams, 4, 1, 4))  # warm-up
+        asyncio.run(run_load([via], 4, 1, 4))
+        for streams in args.streams:
+            runs: dict[str, list[dict[str, Any]]] = {"direct": [], "balancer": []}
+            for names in orders(["direct", "balancer"], args.rounds):
+                for name in names:
+                    before = pool_counters(via)
+                    urls = upstreams if name == "direct" else [via]
+                    got = asyncio.run(run_load(urls, streams, args.requests, args.tokens))
+                    if name == "balancer":
+                        got["pool"] = waits(before, pool_counters(via))
+                    runs[name].append(got)
+                    print(streams, name, json.dumps(got), flush=True)
+            result["runs"][str(streams)] = runs
+    report(result, args)
+
+
+def _sum(runs: list[dict[str, Any]], key: str) -> float:
+    return sum(float(r[key]) for r in runs)
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    rows, groups = [], {}
+    summary: dict[str, Any] = {}
+    for streams, runs in result["runs"].items():
+        direct, via = runs["direct"], runs["balancer"]
+        tps = (
+            _sum(via, "tokens")
+            / _sum(via, "wall_s")
+            / (_sum(direct, "tokens") / _sum(direct, "wall_s"))
+        )
+        p99 = max(r["ttft_p99_s"] for r in via) / max(r["ttft_p99_s"] for r in direct)
+        fivexx = int(_sum(via, "status_5xx") + _sum(via, "broken"))
+        pool = {k: sum(r["pool"][k] for r in via) for k in via[0]["pool"]}
+        goals = {"tok_s_ratio_ge_0.97": tps >= 0.97, "ttft_p99_le_1.2x": p99 <= 1.2,
+                 "no_5xx": fivexx == 0}  # fmt: skip
+        summary[streams] = {"tok_s_ratio": tps, "ttft_p99_ratio": p99, "5xx_or_broken": fivexx,
+                            "pool": pool, "goals": goals}  # fmt: skip
+        d, b = direct[-1], via[-1]
+        rows.append(
+            f"| {streams} | {d['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | **{tps:.3f}** | "
+            f"{d['ttft_p50_s'] * 1000:.0f} / {d['ttft_p99_s'] * 1000:.0f} | "
+            f"{b['ttft_p50_s'] * 1000:.0f} / {b['ttft_p99_s'] * 1000:.0f} | **{p99:.2f}** | "
+            f"{int(_sum(direct, 'status_5xx') + _sum(direct, 'broken'))} / {fivexx} | "
+            f"{pool['buffer_waits']:.0f} ({pool['buffer_waits_over_0.1s']:.0f}, "
+            f"{pool['buffer_waits_over_1s']:.0f}) | {pool['early_handoffs']:.0f} | "
+            f"{pool['failovers']:.0f} | {'met' if all(goals.values()) else 'missed'} |"
+        )
+        groups[f"{streams} streams"] = {"tok/s": tps, "TTFT p99": p99}
+    result["summary"] = summary
+    lines = [
+        "# Pool benchmark: saturation with streamed generations",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Two llama-servers (`-np {result['slots_per_server']} -c {result['ctx_per_server']} "
+        f"{result['flags']}`), {result['tokens']}-token streamed chat completions "
+        f"(`ignore_eos`), {result['requests_per_client']} per client back to back; direct = "
+        "the clients split evenly over the two servers (the best static split); balancer = "
+        "all through `rag balancer` (slots policy, buffer 1024). tok/s = generated tokens / "
+        "wall time of the whole load; TTFT in ms (p50 / p99); ratios balancer / direct, the "
+        "last round shown, ratios over all rounds.",
+        "",
+        "| streams | direct tok/s | balancer tok/s | ratio | direct TTFT p50/p99 | "
+        "balancer TTFT p50/p99 | p99 ratio | 5xx+broken direct / balancer | buffer waits "
+        "(> 0.1 s, > 1 s) | early handoffs | failovers | goals |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        *rows,
+        "",
+        "Goals (issue 13): tok/s ratio >= 0.97, TTFT p99 <= 1.2x direct, no 5xx.",
+    ]
+    publish("pool-streams", result, lines, env=result["machine"],
+            title="Saturation: balancer / direct (best static split)", groups=groups,
+            ylabel="ratio balancer / direct")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
