@@ -301,8 +301,9 @@ def balancer(
 ) -> Iterator[str]:
     """``rag balancer`` in its own process, exactly as an operator starts it."""
     port = free_port()
-    # python -m rag: also where the project runs from its source tree (PYTHONPATH, no venv)
-    command = [sys.executable, "-m", "rag", "balancer", "--port", str(port)]
+    # python -m rag.balancer: the same options and settings as `rag balancer`, importing only
+    # the balancer's dependencies (a GPU host runs the source tree with a few wheels)
+    command = [sys.executable, "-m", "rag.balancer", "--port", str(port)]
     command += ["--policy", policy]
     for url in upstreams:
         command += ["--upstream", url]
