@@ -1,7 +1,9 @@
 """Retrieval: embed the query through the embedding pool, ask Qdrant for neighbours.
 
 Used by ``POST /v1/search``, by question answering and by the offline evaluation, so that all
-three retrieve exactly the same way.
+three retrieve exactly the same way. The service hands it the query lane's embedder
+(``rag/service/components.py``: its own queue, and its own embedding servers where there are
+any), so that a search never waits behind ingestion batches.
 """
 
 from __future__ import annotations
