@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup system-packages run test lint bench clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating virtual environment $(VENV) and installing the project (first run: ~2 min)"
@@ -13,9 +13,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-## setup: virtual environment, llama-server build (cached, ~10 min once), models (cached)
-setup: $(STAMP)
+# Debian packages the ingestion needs (docs/dependencies.md): LibreOffice converts legacy .doc
+# files, Tesseract and its English model OCR PDF pages without a text layer
+SYSTEM_PACKAGES ?= libreoffice-writer-nogui tesseract-ocr tesseract-ocr-eng
+
+## setup: virtual environment, system packages (apt-get, when missing), llama-server build
+## (cached, ~10 min once), models (cached)
+setup: $(STAMP) system-packages
 	$(BIN)/rag runtime prepare
+
+system-packages:
+	@if ! command -v soffice >/dev/null 2>&1 || ! command -v tesseract >/dev/null 2>&1 \
+	  || [ -z "$$(ls /usr/share/tesseract-ocr/*/tessdata/eng.traineddata 2>/dev/null)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing $(SYSTEM_PACKAGES) with apt-get (legacy .doc, OCR; ~1 min once)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(SYSTEM_PACKAGES); \
+	  else \
+	    echo "==> note: legacy .doc and OCR need: sudo apt-get install $(SYSTEM_PACKAGES)"; \
+	  fi; \
+	fi
 
 ## run: everything embedded on this machine, sample documents ingested
 run: setup

@@ -1,20 +1,25 @@
 """Content-type detection of uploads from their bytes, with the file name as a tie-breaker.
 
 :func:`detect_content_type` decides from the content first: ``%PDF-`` in the first KiB is a PDF;
-a ZIP archive holding ``word/document.xml`` is a DOCX; bytes that decode as text (no NULs outside
-a UTF-16/32 byte-order mark, an encoding charset-normalizer recognises) are text. Among text, the
-name chooses CSV (``.csv``/``.tsv``) or Markdown (``.md``/``.markdown``), otherwise plain text;
-the declared type counts only when the name has no known extension.
+a ZIP archive holding ``word/document.xml`` is a DOCX; an OLE compound file (the container of
+Office 97-2003 files) with a ``WordDocument`` stream is a legacy Word ``.doc``, one with an
+``EncryptedPackage`` stream a password-protected Office 2007+ file (``"encrypted"``); bytes
+that decode as text (no NULs outside a UTF-16/32 byte-order mark, an encoding charset-normalizer
+recognises) are text. Among text, the name chooses CSV (``.csv``/``.tsv``) or Markdown
+(``.md``/``.markdown``), otherwise plain text; the declared type counts only when the name has no
+known extension.
 
 The name never overrules the content: a file named ``.pdf``/``.docx`` (or declared so) whose
 content is something else is ``"mislabelled"``; known binary formats (images, archives,
 executables) and unrecognised bytes are ``"unsupported_type"``; no bytes, or only whitespace, is
-``"empty"``. A file whose content is a supported type under another name (a PDF named ``.txt``)
-is accepted as what its content is.
+``"empty"``; an encrypted Office 2007+ file is ``"encrypted"``. A file whose content is a
+supported type under another name (a PDF named ``.txt``) is accepted as what its content is.
 
 Pass the whole file when you have it: PDFs and text are recognised from the first 64 KiB, but a
-DOCX is only certain from the ZIP's central directory at the end. Given only a head, a ZIP is
-recognised as DOCX when a ``word/document.xml`` entry appears among its first local headers.
+DOCX is only certain from the ZIP's central directory at the end (and a DOC from the OLE
+directory, wherever it is): pass ``path`` too when the whole file is on disk. Given only a head, a
+ZIP is recognised as DOCX when a ``word/document.xml`` entry appears among its first local
+headers, and an OLE file as DOC when its head names a ``WordDocument`` stream.
 """
 
 from __future__ import annotations
@@ -24,21 +29,31 @@ import io
 import zipfile
 from pathlib import Path, PurePath
 
+import olefile
 from charset_normalizer import from_bytes
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+DOC = "application/msword"
 CSV = "text/csv"
 MARKDOWN = "text/markdown"
 TEXT = "text/plain"
 
-SUPPORTED = (PDF, DOCX, CSV, MARKDOWN, TEXT)
+SUPPORTED = (PDF, DOCX, DOC, CSV, MARKDOWN, TEXT)
 SAMPLE_BYTES = 64 * 1024
 
-_NAMES = {PDF: "PDF", DOCX: "DOCX", CSV: "CSV", MARKDOWN: "Markdown", TEXT: "plain text"}
+_NAMES = {
+    PDF: "PDF",
+    DOCX: "DOCX",
+    DOC: "Word 97-2003 (.doc)",
+    CSV: "CSV",
+    MARKDOWN: "Markdown",
+    TEXT: "plain text",
+}
 _BY_EXTENSION = {
     ".pdf": PDF,
     ".docx": DOCX,
+    ".doc": DOC,
     ".csv": CSV,
     ".tsv": CSV,
     ".md": MARKDOWN,
@@ -62,9 +77,9 @@ _MAGIC = (
     (b"\xfd7zXZ\x00", "an xz archive"),
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (b"Rar!", "a RAR archive"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office (.doc/.xls) file"),
     (b"ID3", "an MP3 file"),
 )
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _TEXT_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
@@ -95,6 +110,27 @@ def _zip_kind(data: bytes, path: Path | None = None) -> str | None:
         return DOCX if b"word/document.xml" in data[:SAMPLE_BYTES] else None
 
 
+def _ole_kind(data: bytes, path: Path | None) -> tuple[str | None, str]:
+    """What an OLE compound file holds: a Word document, an encrypted package, or other."""
+    try:
+        with olefile.OleFileIO(str(path) if path is not None else io.BytesIO(data)) as ole:
+            if ole.exists("WordDocument"):
+                return DOC, "a Word 97-2003 document"
+            if ole.exists("EncryptedPackage"):
+                raise DetectionError(
+                    "encrypted", "a password-protected Office document; upload it unencrypted"
+                )
+            if ole.exists("Workbook") or ole.exists("Book"):
+                return None, "an Excel 97-2003 workbook"
+            if ole.exists("PowerPoint Document"):
+                return None, "a PowerPoint 97-2003 presentation"
+    except (OSError, ValueError, IndexError, KeyError):
+        if path is None and b"W\x00o\x00r\x00d\x00D\x00o\x00c\x00" in data[:SAMPLE_BYTES]:
+            return DOC, "a Word 97-2003 document"  # only a head: its directory names a Word stream
+        return None, "a damaged OLE compound file"
+    return None, "a legacy Office file that is not a Word document"
+
+
 def _is_text(sample: bytes, complete: bool) -> bool:
     if sample.startswith(_TEXT_BOMS) or sample.startswith(codecs.BOM_UTF8):
         return True
@@ -119,6 +155,8 @@ def _sniff(data: bytes, path: Path | None = None) -> tuple[str | None, str]:
     if data.startswith(b"PK\x03\x04"):
         kind = _zip_kind(data, path)
         return kind, "a DOCX document" if kind else "a ZIP archive (not a DOCX document)"
+    if data.startswith(OLE_MAGIC):
+        return _ole_kind(data, path)
     if data.startswith(b"{\\rtf"):
         return None, "an RTF document"
     # Text first: some signatures ("MZ", "ID3") are also how a text file may begin.
@@ -152,9 +190,12 @@ def detect_content_type(
         raise DetectionError("empty", f"{filename} is empty")
     by_name = _BY_EXTENSION.get(PurePath(filename).suffix.lower())
     by_declared = _declared_type(declared)
-    sniffed, description = _sniff(data, path)
     claimed, how = (by_name, "named") if by_name else (by_declared, "declared")
-    if claimed in (PDF, DOCX) and sniffed != claimed:
+    try:
+        sniffed, description = _sniff(data, path)
+    except DetectionError as exc:
+        raise DetectionError(exc.reason, f"{filename} is {exc.message}") from None
+    if claimed in (PDF, DOCX, DOC) and sniffed != claimed:
         raise DetectionError(
             "mislabelled",
             f"{filename} is {how} as {_NAMES[claimed]} but its content is {description}",
@@ -162,7 +203,8 @@ def detect_content_type(
     if sniffed is None:
         raise DetectionError(
             "unsupported_type",
-            f"{filename} is {description}; supported are PDF, DOCX, CSV, Markdown and plain text",
+            f"{filename} is {description}; "
+            "supported are PDF, DOCX, DOC, CSV, Markdown and plain text",
         )
     if sniffed != TEXT:
         return sniffed

@@ -13,7 +13,7 @@ is a spawned child talking over its own pipe, and the pool knows which one runs 
 * a retired or dead process is replaced in the background (with backoff if starting fails), and
   :meth:`ParsePool.status` is not ``ok`` until every process is back, so readiness shows it.
 
-The function a call runs takes a ``progress(done, total)`` keyword argument; what it reports
+The function a call runs takes a ``progress(*values)`` keyword argument; what it reports
 arrives at the caller's ``progress`` callback while the call runs. Everything crosses the pipe
 pickled: functions by reference, exceptions as themselves (one that cannot be pickled arrives as
 a ``RuntimeError`` naming it).
@@ -40,7 +40,7 @@ from rag.core.errors import RagError
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], Awaitable[None]]
+Progress = Callable[..., Awaitable[None]]
 START_TIMEOUT = 60.0
 MONITOR_INTERVAL = 0.5
 RESTART_BACKOFF_MAX = 30.0
@@ -78,8 +78,8 @@ def _serve(conn: Connection, parent: int, options: ParsePoolOptions) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (options.memory_bytes, options.memory_bytes))
     conn.send(("ready", os.getpid()))
 
-    def progress(done: int, total: int) -> None:
-        conn.send(("progress", (done, total)))
+    def progress(*values: Any) -> None:
+        conn.send(("progress", values))
 
     while True:
         try:
@@ -226,7 +226,7 @@ class ParsePool:
         """
         process = await self._acquire()
         loop = asyncio.get_running_loop()
-        reports: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        reports: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
         def exchange() -> tuple[str, Any]:
             process.conn.send((func, args))
@@ -238,9 +238,9 @@ class ParsePool:
 
         async def forward() -> None:
             while True:
-                done, total = await reports.get()
+                values = await reports.get()
                 if progress is not None:
-                    await progress(done, total)
+                    await progress(*values)
 
         forwarder = asyncio.create_task(forward())
         started = time.monotonic()

@@ -100,7 +100,7 @@ def parse_and_chunk(
     options: ChunkingOptions,
     limits: ParseLimits | None = None,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[int | None, list[Chunk]]:
     """CPU-bound half of a job; runs in a parse process. A path is read there, so the bytes of
     a document never pass through the process that schedules the jobs."""
@@ -121,8 +121,8 @@ async def _parse(
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, partial(parse_and_chunk, *args))
 
-    async def progress(done: int, total: int) -> None:
-        await report("parsing", done, total)
+    async def progress(stage: str, done: int, total: int) -> None:
+        await report(stage, done, total)  # "ocr": pages recognised so far, of those without text
 
     try:
         pages, chunks = await executor.run(

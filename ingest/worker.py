@@ -213,7 +213,11 @@ class Workers:
                 await registry.set_progress(job.id, owner, stage, done, total)
 
         async def still_owned() -> bool:
-            return await registry.heartbeat(job.id, owner, self.lease_seconds)
+            try:
+                return await registry.heartbeat(job.id, owner, self.lease_seconds)
+            except RagError as exc:  # a registry hiccup is not a lost job: the keeper decides
+                log.warning("job %s: ownership check failed: %s", job.id, exc.message)
+                return True
 
         try:
             source = self.blobs.path_for(document.sha256)

@@ -11,10 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.ocr.scan import image_only_pdf
+from ingest.parsing.doc import soffice
+from ingest.parsing.ocr import tesseract
 from ingest.registry.testing import postgres_unreachable, scratch_database
 from rag.api.app import create_app
 from rag.core.settings import Settings
-from tests.conftest import RunningServer, serve_app, service_settings, wait_job
+from tests.conftest import FIXTURES, RunningServer, serve_app, service_settings, wait_job
 from tests.test_parsing import PAGE_SENTENCES, encrypt, make_docx, make_pdf
 
 pytestmark = pytest.mark.integration
@@ -246,3 +249,23 @@ async def test_a_refused_file_stores_nothing_of_its_upload(client: Client) -> No
     assert after == before
     listed = await client.http.get(f"{client.base}/v1/documents", params={"collection": "refused"})
     assert listed.json()["documents"] == []
+
+
+@pytest.mark.skipif(soffice() is None, reason="LibreOffice (soffice) is not installed")
+async def test_legacy_doc_is_ingested_and_found(client: Client) -> None:
+    data = (FIXTURES / "doc" / "olefile-test-ole-file.doc").read_bytes()
+    document = await client.ingest("legacy.doc", data)
+    info = (await client.http.get(f"{client.base}/v1/documents/{document['id']}")).json()
+    assert info["content_type"] == "application/msword" and info["chunks"] == 1
+    (top, *_) = await client.search("OLE file saved as Word 97-2003")
+    assert top["document_id"] == document["id"] and top["filename"] == "legacy.doc"
+
+
+@pytest.mark.skipif(tesseract() is None, reason="Tesseract is not installed")
+async def test_a_scanned_page_among_text_pages_is_searchable_with_its_page(client: Client) -> None:
+    pages = ("Ostriches run faster than horses.", *PAGE_SENTENCES[1:])
+    mixed = image_only_pdf(make_pdf(pages), dpi=200, pages=[1])
+    document = await client.ingest("scanned-first-page.pdf", mixed)
+    (top, *_) = await client.search("Which bird runs faster than a horse?")
+    assert top["document_id"] == document["id"]
+    assert top["page"] == 1 and "Ostriches" in top["text"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ingest.detect import CSV, DOCX, MARKDOWN, PDF, TEXT
+from ingest.detect import CSV, DOC, DOCX, MARKDOWN, PDF, TEXT
 from ingest.parsing.csv import parse_csv
+from ingest.parsing.doc import parse_doc
 from ingest.parsing.docx import parse_docx
 from ingest.parsing.model import ParsedDocument, ParseError, ParseLimits, Progress, Section
 from ingest.parsing.pdf import parse_pdf
@@ -34,6 +35,7 @@ class _Parser(Protocol):
 _PARSERS: dict[str, _Parser] = {
     PDF: parse_pdf,
     DOCX: parse_docx,
+    DOC: parse_doc,
     CSV: parse_csv,
     MARKDOWN: parse_markdown,
     TEXT: parse_text,
@@ -48,7 +50,7 @@ def parse_document(
     progress: Progress | None = None,
 ) -> ParsedDocument:
     """Parse ``data`` as ``content_type`` (one of the types in :mod:`ingest.detect`) within
-    ``limits``; ``progress(done, total)`` hears of long parsers' progress (pages).
+    ``limits``; ``progress(stage, done, total)`` hears of long parsers' progress (OCR pages).
 
     Raises :class:`ParseError`; an unknown ``content_type`` is a :class:`ValueError` (a bug in the
     caller, since detection only returns known types).

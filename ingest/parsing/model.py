@@ -51,13 +51,17 @@ class ParseLimits:
     """Compressed parts of an archive (DOCX) may unpack to at most this many times their
     compressed size, plus :data:`EXPANSION_ALLOWANCE`; stored parts count at their own size and
     earn no allowance: ``ParseError("too_large")``."""
+    ocr: bool = True
+    """Recognise PDF pages that have images but no text layer (:mod:`ingest.parsing.ocr`)."""
+    ocr_dpi: int = 200
+    ocr_language: str = "eng"
 
 
 EXPANSION_ALLOWANCE = 4 * 2**20
 DEFAULT_LIMITS = ParseLimits()
 
-Progress = Callable[[int, int], None]
-"""Called by a parser with ``(done, total)`` pages as it advances."""
+Progress = Callable[[str, int, int], None]
+"""Called by a parser with ``(stage, done, total)`` as it advances (``"ocr"``: pages)."""
 
 
 class ParseError(Exception):

@@ -200,6 +200,16 @@ class Settings(BaseSettings):
     )
     embedding_query_lane: bool = Field(
         True,
+    ocr: bool = Field(
+        True,
+        description="Recognise PDF pages that have images but no text layer with Tesseract "
+        "(only those pages; needs tesseract-ocr, which `make setup` installs).",
+    )
+    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution pages are OCR'd at.")
+    ocr_language: str = Field(
+        "eng",
+        description="Tesseract language(s) of OCR, e.g. `eng` or `eng+deu` (installed models).",
+    )
         description="Embed queries (search, answers, citation checks) on a lane of their own: "
         "their own queue, and their own servers where there are any, never behind ingestion "
         "batches. false: one queue for both (the old path).",

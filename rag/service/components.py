@@ -78,7 +78,11 @@ def ingest_options(settings: Settings) -> IngestOptions:
         # one group keeps every embedding call of a round in flight
         upsert_batch=settings.embedding_batch_size * settings.embedding_concurrency,
         limits=ParseLimits(
-            max_pages=settings.parse_max_pages, max_expansion=settings.max_decompression_ratio
+            max_pages=settings.parse_max_pages,
+            max_expansion=settings.max_decompression_ratio,
+            ocr=settings.ocr,
+            ocr_dpi=settings.ocr_dpi,
+            ocr_language=settings.ocr_language,
         ),
         parse_timeout=settings.parse_timeout_seconds,
         memory_limit_mb=settings.parse_memory_mb or None,
