@@ -41,7 +41,7 @@ from rag.core.embeddings import Embedder
 from rag.core.errors import InvalidRequest
 from rag.core.search import Searcher
 from rag.core.settings import Settings
-from rag.core.vectorstore import Retrieval, VectorStore, qdrant_name
+from rag.core.vectorstore import Retrieval, VectorStore
 
 Chunking = Literal["default", "document"]
 Progress = Callable[[str, int, int], None]
@@ -152,19 +152,11 @@ async def ingested_hashes(store: VectorStore, collection: str) -> dict[str, str]
         must=[models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0))]
     )
     found: dict[str, str] = {}
-    offset: Any = None
-    while True:
-        points, offset = await store.client.scroll(
-            qdrant_name(collection), scroll_filter=first, limit=1024, offset=offset,
-            with_payload=["document_id", "metadata"], with_vectors=False,
-        )  # fmt: skip
-        for point in points:
-            payload = point.payload or {}
-            sha = (payload.get("metadata") or {}).get("content_sha256")
-            if sha:
-                found[str(payload["document_id"])] = str(sha)
-        if offset is None:
-            return found
+    async for record in store.records(collection, filter=first, fields=["document_id", "metadata"]):
+        sha = (record.payload.get("metadata") or {}).get("content_sha256")
+        if sha:
+            found[str(record.payload["document_id"])] = str(sha)
+    return found
 
 
 async def ingest_corpus(

@@ -250,12 +250,7 @@ async def test_delete_during_ingestion_leaves_nothing_searchable(service_factory
         assert {r["filename"] for r in results.json()["results"]} == {"note.txt"}
         missing = await service.http.get(f"{service.base}/v1/documents/{document['id']}")
         assert missing.status_code == 404
-    store = VectorStore.open(
-        url=None,
-        path=str(service.settings.data_dir / "qdrant"),
-        timeout=10,
-        dimensions=EMBEDDING_DIMENSIONS,
-    )
+    store = VectorStore.from_settings(service.settings, dimensions=EMBEDDING_DIMENSIONS)
     try:
         assert await store.count("limits", document["id"]) == 0
     finally:

@@ -141,9 +141,10 @@ async def test_killed_worker_loses_nothing(embedding_server: RunningServer, tmp_
     finally:
         await registry.close()
 
-    store = VectorStore.open(
-        url=None, path=str(tmp_path / "qdrant"), timeout=10, dimensions=EMBEDDING_DIMENSIONS
-    )
+    store = VectorStore.open(  # the workers' embedded store (RAG_VECTOR_STORE=auto)
+        url=None, path=str(tmp_path / "edge"), timeout=10, dimensions=EMBEDDING_DIMENSIONS,
+        backend="edge",
+    )  # fmt: skip
     try:
         assert await store.count("crash", document.id) == final.chunks
         assert await store.count("crash") == final.chunks  # nothing duplicated or left over

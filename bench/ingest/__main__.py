@@ -35,7 +35,7 @@ from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.core.runtime.prepare import prepare_runtime
 from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
 from rag.core.settings import Settings
-from rag.core.vectorstore import VectorStore, qdrant_name
+from rag.core.vectorstore import VectorStore
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "benchmarks"
@@ -88,19 +88,11 @@ async def end_to_end(base: str, files: list[Path]) -> tuple[float, int]:
 
 
 async def chunk_texts(data_dir: Path) -> list[str]:
-    store = VectorStore.open(
-        url=None, path=str(data_dir / "qdrant"), timeout=30, dimensions=EMBEDDING_DIMENSIONS
-    )
-    texts: list[str] = []
-    offset = None
+    store = VectorStore.from_settings(
+        Settings(data_dir=data_dir), dimensions=EMBEDDING_DIMENSIONS
+    )  # the service's own store, closed by now
     try:
-        while True:
-            points, offset = await store.client.scroll(
-                qdrant_name("bench"), limit=512, offset=offset, with_payload=["text"]
-            )
-            texts.extend(str((p.payload or {})["text"]) for p in points)
-            if offset is None:
-                return texts
+        return [str(r.payload["text"]) async for r in store.records("bench", fields=["text"])]
     finally:
         await store.close()
 

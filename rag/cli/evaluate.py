@@ -28,7 +28,7 @@ from rag.cli.progress import console
 from rag.core.errors import RagError, RuntimeSetupError
 from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.core.settings import Settings
-from rag.core.vectorstore import Retrieval, VectorStore
+from rag.core.vectorstore import Retrieval, VectorStore, backend_of
 
 eval_app = typer.Typer(help="Offline retrieval evaluation on BEIR-layout datasets.")
 
@@ -52,7 +52,7 @@ def _snapshot(settings: Settings, urls: list[str]) -> dict[str, Any]:
         "llama_threads", "eval_embedding_servers", "eval_concurrency", "parse_processes",
     )  # fmt: skip
     snapshot: dict[str, Any] = {key: getattr(settings, key) for key in keys}
-    snapshot["qdrant"] = settings.qdrant_url or "local mode"
+    snapshot["qdrant"] = settings.qdrant_url or backend_of(settings)
     snapshot["embedding_urls"] = urls or "started by the run"
     return snapshot
 
@@ -81,10 +81,9 @@ async def _run(
         starting = progress.add_task("starting", total=None)
         async with embedding_service(settings, urls=urls) as service:
             progress.update(starting, total=1, completed=1)
-            store = VectorStore.open(
-                url=settings.qdrant_url, path=str(eval_dir(settings) / "qdrant"),
-                timeout=settings.qdrant_timeout, dimensions=EMBEDDING_DIMENSIONS,
-            )  # fmt: skip
+            store = VectorStore.from_settings(
+                settings, dimensions=EMBEDDING_DIMENSIONS, data_dir=eval_dir(settings)
+            )
             try:
                 with ProcessPoolExecutor(settings.parse_processes) as executor:
                     result = await run_evaluation(

@@ -191,6 +191,10 @@ from rag.cli.evaluate import eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")
 
+from rag.cli.store import store_app  # noqa: E402
+
+app.add_typer(store_app, name="store")
+
 from rag.cli.balancer import balancer  # noqa: E402
 
 app.command()(balancer)

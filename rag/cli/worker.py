@@ -16,9 +16,9 @@ log = logging.getLogger(__name__)
 async def run_worker(settings: Settings) -> None:
     if settings.qdrant_url is None:
         log.warning(
-            "RAG_QDRANT_URL is not set: this worker opens Qdrant local mode in %s, which only one "
-            "process may hold; separate workers need a Qdrant server",
-            settings.data_dir / "qdrant",
+            "RAG_QDRANT_URL is not set: this worker opens the embedded vector store in %s, which "
+            "only one process may hold; separate workers need a Qdrant server",
+            settings.data_dir,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -113,9 +113,36 @@ class Settings(BaseSettings):
         None, description="PostgreSQL schema of the registry tables (default: the search_path)."
     )
     qdrant_url: str | None = Field(
-        None, description="Qdrant server URL; default: Qdrant local mode in data_dir/qdrant."
+        None, description="Qdrant server URL; default: the embedded store (`vector_store`)."
     )
     qdrant_timeout: float = Field(10.0, gt=0, description="Timeout of Qdrant calls in seconds.")
+    vector_store: Literal["auto", "edge", "local", "server"] = Field(
+        "auto",
+        description="Vector store: `edge` (Qdrant Edge in a store process, data_dir/edge), "
+        "`local` (qdrant-client local mode, data_dir/qdrant: small data only), `server` (Qdrant "
+        "at qdrant_url); `auto`: server when qdrant_url is set, else edge.",
+    )
+    store_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds the embedded store may take to answer one call (calls wait while "
+        "it builds an index).",
+    )
+    store_index_idle: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds without calls after which the embedded store indexes new points.",
+    )
+    store_index_batch: int = Field(
+        50_000,
+        ge=1,
+        description="Points written after which the embedded store indexes them, idle or not.",
+    )
+    store_migrate: bool = Field(
+        True,
+        description="On start, convert a local-mode folder (data_dir/qdrant) into the embedded "
+        "store when data_dir/edge does not exist yet.",
+    )
 
     # --- pools of llama.cpp servers (RAG_POOL_*: rag/core/pool/settings.py) ----------------
     pool: PoolSettings = Field(

@@ -1,183 +1,143 @@
-"""The vector store: Qdrant through ``AsyncQdrantClient``, in local mode or against a server.
+"""The vector store the service, ingestion and evaluation use: one interface, three backends.
 
-One Qdrant collection per service collection (``rag_<name>``) with a named dense vector
-(``dense``, size and distance of the embedding model) and a sparse BM25 vector (``sparse``, IDF
-applied by Qdrant). Point ids are uuid5(document id, chunk index), so re-processing a document
-overwrites its points instead of adding copies. qdrant-client errors are translated here.
+- ``edge`` (the embedded default): Qdrant Edge shards in ``data_dir/edge``, owned by a store
+  process so that indexing never blocks the event loop (``rag.core.store.edge``);
+- ``local``: qdrant-client local mode in ``data_dir/qdrant``, for small data (it slows as a
+  collection grows: docs/operations.md);
+- ``server``: a Qdrant server or cluster at ``qdrant_url``.
+
+Each stores the same points (ids uuid5(document id, chunk index), the same payload, a dense and
+a BM25 sparse vector) and answers the same calls with the same results; filters are qdrant-client
+``models.Filter`` objects everywhere. tests/store/ runs one behavioural suite against all three.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
-import httpx
-from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client import models
 
-from rag.core.errors import NotFound, StoreUnavailable
-from rag.core.sparse import document_vector, query_vector
+from rag.core.settings import Settings
+from rag.core.store.base import (
+    DENSE,
+    SPARSE,
+    Backend,
+    ChunkPoint,
+    Hit,
+    Record,
+    Retrieval,
+    StoreBackend,
+    document_filter,
+    point_id,
+    qdrant_name,
+)
+from rag.core.store.edge import EdgeBackend
+from rag.core.store.migrate import has_local_data
+from rag.core.store.qdrant import QdrantBackend
 
-DENSE = "dense"
-SPARSE = "sparse"
-POINT_NAMESPACE = uuid.UUID("6f1c1c3e-8d5e-4c1e-9a57-2b9f0d7e4a10")
-INDEXED_FIELDS = {
-    "document_id": models.PayloadSchemaType.KEYWORD,
-    "filename": models.PayloadSchemaType.KEYWORD,
-    "page": models.PayloadSchemaType.INTEGER,
-    "chunk_index": models.PayloadSchemaType.INTEGER,
-}
-Retrieval = Literal["dense", "sparse", "hybrid"]
-
-
-def point_id(document_id: str, chunk_index: int) -> str:
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{document_id}:{chunk_index}"))
-
-
-def qdrant_name(collection: str) -> str:
-    return f"rag_{collection}"
+__all__ = [
+    "DENSE", "SPARSE", "Backend", "ChunkPoint", "Hit", "Record", "Retrieval", "VectorStore",
+    "backend_of", "point_id", "qdrant_name",
+]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ChunkPoint:
-    document_id: str
-    chunk_index: int
-    vector: list[float]
-    text: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    payload: dict[str, Any]
+def backend_of(settings: Settings) -> Backend:
+    if settings.vector_store == "auto":
+        return "server" if settings.qdrant_url else "edge"
+    if settings.vector_store == "server" and not settings.qdrant_url:
+        raise ValueError("RAG_VECTOR_STORE=server needs RAG_QDRANT_URL")
+    return settings.vector_store
 
 
 class VectorStore:
-    def __init__(self, client: AsyncQdrantClient, *, dimensions: int, server: bool = False) -> None:
-        self.client = client
-        self.dimensions = dimensions
-        self.server = server  # payload indexes only exist (and only matter) on a server
-        self._known: set[str] = set()
+    def __init__(self, backend: StoreBackend) -> None:
+        self.backend = backend
+
+    @property
+    def name(self) -> Backend:
+        return self.backend.name
 
     @classmethod
     def open(
-        cls, *, url: str | None, path: str | None, timeout: float, dimensions: int
+        cls,
+        *,
+        url: str | None,
+        path: str | None,
+        timeout: float,
+        dimensions: int,
+        backend: Backend | None = None,
+        migrate_from: str | None = None,
     ) -> VectorStore:
-        if url:
-            # no version check: it runs at start-up in a thread and fails while Qdrant is down
-            client = AsyncQdrantClient(
-                url=url, timeout=int(max(1, timeout)), check_compatibility=False
+        """A store; nothing is opened until the first call. Without ``backend``: a server when
+        ``url`` is given, else local mode at ``path`` (as before there were backends)."""
+        backend = backend or ("server" if url else "local")
+        if backend == "server":
+            if not url:
+                raise ValueError("a Qdrant server backend needs a URL")
+            return cls(QdrantBackend.server_at(url, timeout=timeout, dimensions=dimensions))
+        if path is None:
+            raise ValueError(f"the {backend} backend needs a path")
+        if backend == "local":
+            return cls(QdrantBackend.local_at(path, dimensions=dimensions))
+        return cls(
+            EdgeBackend(
+                Path(path), dimensions=dimensions, timeout=timeout,
+                migrate_from=Path(migrate_from) if migrate_from else None,
             )
-        else:
-            client = AsyncQdrantClient(path=path)
-        return cls(client, dimensions=dimensions, server=bool(url))
+        )  # fmt: skip
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, dimensions: int, data_dir: Path | None = None
+    ) -> VectorStore:
+        """The store the settings choose, its folders under ``data_dir`` (default: the data dir)."""
+        root = data_dir or settings.data_dir
+        backend = backend_of(settings)
+        if backend == "server":
+            return cls.open(url=settings.qdrant_url, path=None, timeout=settings.qdrant_timeout,
+                            dimensions=dimensions, backend="server")  # fmt: skip
+        if backend == "local":
+            return cls.open(url=None, path=str(root / "qdrant"), timeout=settings.qdrant_timeout,
+                            dimensions=dimensions, backend="local")  # fmt: skip
+        legacy = root / "qdrant"
+        migrate = settings.store_migrate and has_local_data(legacy)
+        return cls(
+            EdgeBackend(
+                root / "edge", dimensions=dimensions, timeout=settings.store_timeout,
+                migrate_from=legacy if migrate else None, idle_seconds=settings.store_index_idle,
+                batch_points=settings.store_index_batch,
+            )
+        )  # fmt: skip
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.backend.close()
 
     async def ping(self) -> None:
-        try:
-            await self.client.get_collections()
-        except Exception as exc:
-            raise _translate(exc) from exc
+        await self.backend.ping()
 
     async def ensure_collection(self, collection: str) -> None:
-        name = qdrant_name(collection)
-        if name in self._known:
-            return
-        try:
-            if not await self.client.collection_exists(name):
-                await self.client.create_collection(
-                    name,
-                    vectors_config={
-                        DENSE: models.VectorParams(
-                            size=self.dimensions, distance=models.Distance.COSINE
-                        )
-                    },
-                    sparse_vectors_config={
-                        SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
-                    },
-                )
-                for field, schema in INDEXED_FIELDS.items() if self.server else ():
-                    await self.client.create_payload_index(name, field, field_schema=schema)
-        except UnexpectedResponse as exc:
-            if exc.status_code != 409:  # created meanwhile by another process
-                raise _translate(exc) from exc
-        except Exception as exc:
-            raise _translate(exc) from exc
-        self._known.add(name)
+        await self.backend.ensure_collection(collection)
 
     async def collection_exists(self, collection: str) -> bool:
-        try:
-            return await self.client.collection_exists(qdrant_name(collection))
-        except Exception as exc:
-            raise _translate(exc) from exc
+        return await self.backend.collection_exists(collection)
+
+    async def collections(self) -> list[str]:
+        """Qdrant names (``rag_<collection>``) of the collections in the store."""
+        return await self.backend.collections()
 
     async def upsert(self, collection: str, points: Sequence[ChunkPoint]) -> None:
-        structs = []
-        for point in points:
-            indices, values = document_vector(point.text)
-            structs.append(
-                models.PointStruct(
-                    id=point_id(point.document_id, point.chunk_index),
-                    vector={
-                        DENSE: point.vector,
-                        SPARSE: models.SparseVector(indices=indices, values=values),
-                    },
-                    payload={
-                        **point.payload,
-                        "document_id": point.document_id,
-                        "chunk_index": point.chunk_index,
-                        "text": point.text,
-                    },
-                )
-            )
-        try:
-            await self.client.upsert(qdrant_name(collection), points=structs, wait=True)
-        except Exception as exc:
-            raise _translate(exc) from exc
+        await self.backend.upsert(collection, points)
 
     async def delete_document(
         self, collection: str, document_id: str, *, from_index: int = 0
     ) -> None:
         """Delete the document's points (those with ``chunk_index >= from_index``)."""
-        conditions: list[models.Condition] = [
-            models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))
-        ]
-        if from_index > 0:
-            conditions.append(
-                models.FieldCondition(key="chunk_index", range=models.Range(gte=from_index))
-            )
-        try:
-            if not await self.client.collection_exists(qdrant_name(collection)):
-                return
-            await self.client.delete(
-                qdrant_name(collection),
-                points_selector=models.FilterSelector(filter=models.Filter(must=conditions)),
-                wait=True,
-            )
-        except Exception as exc:
-            raise _translate(exc) from exc
+        await self.backend.delete(collection, document_filter(document_id, from_index))
 
     async def count(self, collection: str, document_id: str | None = None) -> int:
-        flt = None
-        if document_id is not None:
-            flt = models.Filter(
-                must=[
-                    models.FieldCondition(
-                        key="document_id", match=models.MatchValue(value=document_id)
-                    )
-                ]
-            )
-        try:
-            result = await self.client.count(qdrant_name(collection), count_filter=flt, exact=True)
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return result.count
+        flt = None if document_id is None else document_filter(document_id)
+        return await self.backend.count(collection, flt)
 
     async def search(
         self,
@@ -190,52 +150,49 @@ class VectorStore:
         retrieval: Retrieval = "dense",
         score_threshold: float | None = None,
     ) -> list[Hit]:
-        name = qdrant_name(collection)
-        indices, values = query_vector(text)
-        sparse = models.SparseVector(indices=indices, values=values)
-        try:
-            if not await self.client.collection_exists(name):
-                raise NotFound(f"collection {collection!r} does not exist")
-            if retrieval == "dense":
-                assert vector is not None
-                response = await self.client.query_points(
-                    name, query=vector, using=DENSE, limit=top_k, query_filter=filter,
-                    score_threshold=score_threshold, with_payload=True,
-                )  # fmt: skip
-            elif retrieval == "sparse":
-                if not indices:
-                    return []
-                response = await self.client.query_points(
-                    name, query=sparse, using=SPARSE, limit=top_k, query_filter=filter,
-                    with_payload=True,
-                )  # fmt: skip
-            else:
-                assert vector is not None
-                prefetch = [
-                    models.Prefetch(query=vector, using=DENSE, limit=top_k * 4, filter=filter),
-                ]
-                if indices:
-                    prefetch.append(
-                        models.Prefetch(query=sparse, using=SPARSE, limit=top_k * 4, filter=filter)
-                    )
-                response = await self.client.query_points(
-                    name, prefetch=prefetch, query=models.FusionQuery(fusion=models.Fusion.RRF),
-                    limit=top_k, with_payload=True,
-                )  # fmt: skip
-        except NotFound:
-            raise
-        except Exception as exc:
-            raise _translate(exc) from exc
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        return await self.backend.search(
+            collection, vector=vector, text=text, top_k=top_k, flt=filter, retrieval=retrieval,
+            score_threshold=score_threshold,
+        )  # fmt: skip
 
+    async def scroll(
+        self,
+        collection: str,
+        *,
+        filter: models.Filter | None = None,
+        fields: list[str] | None = None,
+        with_vectors: bool = False,
+        limit: int = 1024,
+        offset: str | None = None,
+    ) -> tuple[list[Record], str | None]:
+        """One page of points (payload ``fields`` only, if given); the offset of the next."""
+        return await self.backend.scroll(
+            collection, flt=filter, fields=fields, with_vectors=with_vectors, limit=limit,
+            offset=offset,
+        )  # fmt: skip
 
-def _translate(exc: Exception) -> Exception:
-    if isinstance(exc, UnexpectedResponse):
-        if exc.status_code == 404:
-            return NotFound("collection does not exist")
-        return StoreUnavailable(f"Qdrant answered HTTP {exc.status_code}", retry_after=2)
-    if isinstance(
-        exc, ResponseHandlingException | httpx.HTTPError | ConnectionError | TimeoutError
-    ):
-        return StoreUnavailable("Qdrant is unreachable", retry_after=2)
-    return exc
+    async def records(
+        self,
+        collection: str,
+        *,
+        filter: models.Filter | None = None,
+        fields: list[str] | None = None,
+        with_vectors: bool = False,
+        batch: int = 1024,
+    ) -> AsyncIterator[Record]:
+        """Every point (matching ``filter``), page by page."""
+        offset: str | None = None
+        while True:
+            page, offset = await self.scroll(
+                collection, filter=filter, fields=fields, with_vectors=with_vectors, limit=batch,
+                offset=offset,
+            )  # fmt: skip
+            for record in page:
+                yield record
+            if offset is None:
+                return
+
+    async def optimize(self) -> None:
+        """Build the indexes of points written so far now (the embedded store does it by
+        itself when idle; the others index on their own)."""
+        await self.backend.optimize()

@@ -130,12 +130,7 @@ async def open_components(
         registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
         stack.push_async_callback(registry.close)
         blobs = BlobStore(settings.data_dir / "blobs")
-        store = VectorStore.open(
-            url=settings.qdrant_url,
-            path=str(settings.data_dir / "qdrant"),
-            timeout=settings.qdrant_timeout,
-            dimensions=EMBEDDING_DIMENSIONS,
-        )
+        store = VectorStore.from_settings(settings, dimensions=EMBEDDING_DIMENSIONS)
         stack.push_async_callback(store.close)
         embedder = Embedder(
             embedding_pool,

@@ -1,0 +1,177 @@
+"""The store process: it owns the Qdrant Edge shards of one data folder and answers calls.
+
+Started by ``EdgeBackend`` as ``python -m rag.core.store.host --fd N --root DIR --dimensions D``
+with one end of a socket pair. Qdrant Edge holds the GIL through each call, and through the
+whole of ``optimize()`` (building HNSW and sparse indexes), so none of this may run in the
+service's process: there it would stop the event loop. Here it stops only this loop, which
+answers one call at a time:
+
+- request ``(id, method, kwargs)``, reply ``(id, "ok", result)`` or ``(id, kind, message)`` with
+  kind ``not_found``, ``invalid`` or ``error``;
+- indexing runs when no call has come for ``--idle`` seconds and points were written since the
+  last run, or at once when ``--batch`` points are waiting (a call that arrives meanwhile waits);
+- end of input (the service exited) closes the shards and ends the process.
+
+One folder per collection under the root (``rag_<name>``); a shard is opened by one process only
+(its WAL is locked), which is why one process owns them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from rag.core.store import shards
+from rag.core.store.filters import UnsupportedFilter
+from rag.core.store.migrate import migrate_local
+
+log = logging.getLogger("rag.store")
+
+
+class MissingCollection(LookupError):
+    pass
+
+
+class Host:
+    def __init__(self, root: Path, dimensions: int) -> None:
+        self.root = root
+        self.dimensions = dimensions
+        self.shards: dict[str, qe.EdgeShard] = {}
+        self.dirty: dict[str, int] = {}
+
+    def shard(self, name: str, *, create: bool = False) -> qe.EdgeShard:
+        if name not in self.shards:
+            path = self.root / name
+            if not create and not shards.exists(path):
+                raise MissingCollection(f"collection {name!r} does not exist")
+            self.shards[name] = shards.open_shard(path, self.dimensions)
+        return self.shards[name]
+
+    def names(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and shards.exists(p))
+
+    # --- calls ----------------------------------------------------------------------------
+    def ping(self) -> None:
+        return None
+
+    def collections(self) -> list[str]:
+        return self.names()
+
+    def ensure_collection(self, name: str) -> None:
+        self.shard(name, create=True)
+
+    def exists(self, name: str) -> bool:
+        return name in self.shards or shards.exists(self.root / name)
+
+    def upsert(self, name: str, **kwargs: Any) -> None:
+        shards.upsert(self.shard(name, create=True), **kwargs)
+        self.dirty[name] = self.dirty.get(name, 0) + len(kwargs["ids"])
+
+    def upsert_raw(self, name: str, records: list[Any]) -> None:
+        shards.upsert_raw(self.shard(name, create=True), records)
+        self.dirty[name] = self.dirty.get(name, 0) + len(records)
+
+    def delete(self, name: str, flt: dict[str, Any]) -> None:
+        if self.exists(name):
+            shards.delete(self.shard(name), flt)
+
+    def count(self, name: str, flt: dict[str, Any] | None) -> int:
+        return shards.count(self.shard(name), flt)
+
+    def search(self, name: str, **kwargs: Any) -> list[shards.HitTuple]:
+        return shards.search(self.shard(name), **kwargs)
+
+    def scroll(self, name: str, **kwargs: Any) -> tuple[list[shards.RecordTuple], str | None]:
+        return shards.scroll(self.shard(name), **kwargs)
+
+    def info(self, name: str) -> dict[str, int]:
+        info = self.shard(name).info()
+        return {
+            "points": info.points_count,
+            "segments": info.segments_count,
+            "indexed_vectors": info.indexed_vectors_count,
+            "pending": self.dirty.get(name, 0),
+        }
+
+    def optimize(self, name: str | None = None) -> float:
+        """Index what is pending (every dirty shard, or ``name``); the seconds it took."""
+        started = time.perf_counter()
+        for key in [name] if name else [k for k, v in self.dirty.items() if v]:
+            if key in self.shards:
+                self.shards[key].optimize()
+            self.dirty[key] = 0
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+        self.shards.clear()
+
+
+def serve(conn: Connection, host: Host, *, idle: float, batch: int) -> None:
+    while True:
+        if not conn.poll(idle if any(host.dirty.values()) else None):
+            took = host.optimize()
+            log.info("indexed pending points in %.1f s", took)
+            continue
+        try:
+            request_id, method, kwargs = conn.recv()
+        except EOFError:
+            break
+        if method == "close":
+            host.close()
+            conn.send((request_id, "ok", None))
+            return
+        conn.send(_answer(host, request_id, method, kwargs))
+        if any(v >= batch for v in host.dirty.values()):
+            host.optimize()
+    host.close()
+
+
+def _answer(host: Host, request_id: int, method: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    try:
+        return (request_id, "ok", getattr(host, method)(**kwargs))
+    except MissingCollection as exc:
+        return (request_id, "not_found", str(exc))
+    except (UnsupportedFilter, ValueError, TypeError) as exc:
+        return (request_id, "invalid", str(exc))
+    except Exception as exc:
+        log.exception("store call %s failed", method)
+        return (request_id, "error", f"{type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rag.core.store.host")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--dimensions", type=int, required=True)
+    parser.add_argument("--idle", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--migrate-from", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s store %(levelname)s %(message)s")
+    conn = Connection(args.fd)
+    try:
+        if args.migrate_from is not None and not args.root.exists():
+            moved = migrate_local(args.migrate_from, args.root, dimensions=args.dimensions)
+            log.info("migrated %s points from %s to %s", moved, args.migrate_from, args.root)
+        args.root.mkdir(parents=True, exist_ok=True)
+        conn.send((0, "ok", "ready"))
+    except Exception as exc:
+        log.exception("store start failed")
+        conn.send((0, "error", f"{type(exc).__name__}: {exc}"))
+        return
+    serve(conn, Host(args.root, args.dimensions), idle=args.idle, batch=args.batch)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

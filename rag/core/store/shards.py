@@ -1,0 +1,188 @@
+"""The Qdrant Edge calls: one shard (a folder) per collection, with the service's layout.
+
+Plain synchronous functions over ``qdrant_edge.EdgeShard``; they hold the GIL (indexing holds it
+for its whole run), so only the store process (``host``) and migration call them. The layout,
+the payload and the scoring are those of the qdrant-client backends: a named dense vector
+(cosine) and a BM25 sparse vector whose IDF the engine applies, keyword indexes on
+``document_id`` and ``filename``, integer ones on ``page`` and ``chunk_index``, hybrid search as
+RRF (k = 2) of the two candidate lists.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from rag.core.sparse import document_vector, query_vector
+from rag.core.store.base import (
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    PREFETCH_FACTOR,
+    RRF_K,
+    SPARSE,
+)
+from rag.core.store.filters import to_edge
+
+FilterDict = dict[str, Any] | None
+# (point id, payload, dense vector or None)
+RecordTuple = tuple[str, dict[str, Any], list[float] | None]
+HitTuple = tuple[str, float, dict[str, Any]]
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+FULL_SCAN_THRESHOLD_KB = 10_000
+
+
+def config(dimensions: int) -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=dimensions, distance=qe.Distance.Cosine)},
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        hnsw_config=qe.HnswIndexConfig(
+            m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+        ),
+    )
+
+
+def exists(path: Path) -> bool:
+    return (path / "wal").exists() or (path / "segments").exists()
+
+
+def open_shard(path: Path, dimensions: int) -> qe.EdgeShard:
+    """Load the shard at ``path``, or create it (with its payload indexes) if there is none."""
+    if exists(path):
+        return qe.EdgeShard.load(str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    shard = qe.EdgeShard.create(str(path), config(dimensions))
+    for field in KEYWORD_FIELDS:
+        schema: Any = qe.KeywordIndexParams(enable_hnsw=False)
+        shard.update(qe.UpdateOperation.create_field_index(field, schema))
+    for field in INTEGER_FIELDS:
+        schema = qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
+        shard.update(qe.UpdateOperation.create_field_index(field, schema))
+    return shard
+
+
+def upsert(
+    shard: qe.EdgeShard,
+    ids: list[str],
+    vectors: np.ndarray,
+    texts: list[str],
+    payloads: list[dict[str, Any]],
+) -> None:
+    """Write points; the sparse vector of each is computed here from its text."""
+    points = []
+    for pid, vector, text, payload in zip(ids, vectors.tolist(), texts, payloads, strict=True):
+        indices, values = document_vector(text)
+        named: dict[str, Any] = {DENSE: vector}
+        if indices:
+            named[SPARSE] = qe.SparseVector(indices=indices, values=values)
+        points.append(qe.Point(id=pid, vector=named, payload=payload))
+    shard.update(qe.UpdateOperation.upsert_points(points))
+
+
+def upsert_raw(shard: qe.EdgeShard, records: list[tuple[str, dict[str, Any], Any]]) -> None:
+    """Write points whose vectors are already made (``{name: dense list | (indices, values)}``)."""
+    points = []
+    for pid, payload, named in records:
+        vector: dict[str, Any] = {}
+        for name, value in named.items():
+            if isinstance(value, tuple):
+                if value[0]:
+                    vector[name] = qe.SparseVector(indices=list(value[0]), values=list(value[1]))
+            else:
+                vector[name] = list(value)
+        points.append(qe.Point(id=pid, vector=vector, payload=payload))
+    shard.update(qe.UpdateOperation.upsert_points(points))
+
+
+def delete(shard: qe.EdgeShard, flt: FilterDict) -> None:
+    edge = to_edge(flt)
+    if edge is None:
+        raise ValueError("a delete needs a filter")
+    shard.update(qe.UpdateOperation.delete_points_by_filter(edge))
+
+
+def count(shard: qe.EdgeShard, flt: FilterDict) -> int:
+    return int(shard.count(qe.CountRequest(exact=True, filter=to_edge(flt))))
+
+
+def search(
+    shard: qe.EdgeShard,
+    *,
+    vector: list[float] | None,
+    text: str,
+    top_k: int,
+    flt: FilterDict,
+    retrieval: str,
+    score_threshold: float | None,
+    exact: bool = False,
+) -> list[HitTuple]:
+    edge_filter = to_edge(flt)
+    params = qe.SearchParams(exact=True) if exact else None
+    indices, values = query_vector(text)
+    sparse = qe.SparseVector(indices=indices, values=values)
+    if retrieval == "dense":
+        assert vector is not None
+        request = qe.QueryRequest(
+            limit=top_k, query=qe.Query.Nearest(vector, using=DENSE), filter=edge_filter,
+            score_threshold=score_threshold, with_payload=True, params=params,
+        )  # fmt: skip
+    elif retrieval == "sparse":
+        if not indices:
+            return []
+        request = qe.QueryRequest(
+            limit=top_k, query=qe.Query.Nearest(sparse, using=SPARSE), filter=edge_filter,
+            with_payload=True,
+        )  # fmt: skip
+    else:
+        assert vector is not None
+        limit = top_k * PREFETCH_FACTOR
+        prefetches = [
+            qe.Prefetch(
+                limit=limit,
+                query=qe.Query.Nearest(vector, using=DENSE),
+                filter=edge_filter,
+                params=params,
+            )
+        ]
+        if indices:
+            prefetches.append(
+                qe.Prefetch(
+                    limit=limit, query=qe.Query.Nearest(sparse, using=SPARSE), filter=edge_filter
+                )
+            )
+        request = qe.QueryRequest(
+            limit=top_k,
+            prefetches=prefetches,
+            query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub misses Fusion.Rrf
+            with_payload=True,
+        )
+    return [(str(p.id), float(p.score), dict(p.payload or {})) for p in shard.query(request)]
+
+
+def scroll(
+    shard: qe.EdgeShard,
+    *,
+    flt: FilterDict,
+    fields: list[str] | None,
+    with_vectors: bool,
+    limit: int,
+    offset: str | None,
+) -> tuple[list[RecordTuple], str | None]:
+    request = qe.ScrollRequest(
+        offset=uuid.UUID(offset) if offset else None, limit=limit, filter=to_edge(flt),
+        with_payload=qe.PayloadSelector.Include(fields) if fields is not None else True,
+        with_vector=[DENSE] if with_vectors else False,
+    )  # fmt: skip
+    records, after = shard.scroll(request)
+    out: list[RecordTuple] = []
+    for record in records:
+        dense: list[float] | None = None
+        if with_vectors and isinstance(record.vector, dict):
+            dense = [float(x) for x in record.vector[DENSE]]  # type: ignore[arg-type,union-attr]
+        out.append((str(record.id), dict(record.payload or {}), dense))
+    return out, None if after is None else str(after)

@@ -1,0 +1,68 @@
+"""The embedded store's process: it is started on first use, restarted when it dies (the shards
+reopen from their write-ahead logs), and refuses what it cannot do with a clear error."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import models
+
+from rag.core.errors import InvalidRequest
+from rag.core.store.edge import EdgeBackend
+from rag.core.vectorstore import ChunkPoint, VectorStore, point_id
+
+DIM = 8
+
+
+def _points(n: int) -> list[ChunkPoint]:
+    rng = np.random.default_rng(3)
+    return [
+        ChunkPoint("doc", i, rng.normal(size=DIM).tolist(), f"stone {i}", {"filename": "s.txt"})
+        for i in range(n)
+    ]
+
+
+async def test_a_dead_store_process_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
+    store = VectorStore.open(
+        url=None, path=str(tmp_path), timeout=30, dimensions=DIM, backend="edge"
+    )
+    backend = store.backend
+    assert isinstance(backend, EdgeBackend)
+    try:
+        points = _points(50)
+        await store.ensure_collection("kept")
+        await store.upsert("kept", points)
+        process = backend._process
+        assert process is not None
+        os.kill(process.popen.pid, signal.SIGKILL)  # no flush, no clean close
+        process.popen.wait(timeout=30)
+        process.reader.join(timeout=30)  # the reader sees the socket close
+        assert process.dead is not None
+        assert await store.count("kept") == 50  # a new process, the shard reopened from its WAL
+        assert backend._process is not process
+        hits = await store.search("kept", vector=points[7].vector, text="", top_k=1)
+        assert hits[0].id == point_id("doc", 7)
+        await store.optimize()
+        assert await store.count("kept") == 50
+    finally:
+        await store.close()
+
+
+async def test_a_filter_it_cannot_run_is_an_invalid_request(tmp_path: Path) -> None:
+    store = VectorStore.open(
+        url=None, path=str(tmp_path), timeout=30, dimensions=DIM, backend="edge"
+    )
+    try:
+        await store.ensure_collection("geo")
+        await store.upsert("geo", _points(3))
+        radius = models.GeoRadius(center=models.GeoPoint(lon=0, lat=0), radius=10)
+        flt = models.Filter(must=[models.FieldCondition(key="where", geo_radius=radius)])
+        with pytest.raises(InvalidRequest, match="unsupported"):
+            await store.search("geo", vector=[0.0] * DIM, text="", top_k=1, filter=flt)
+        assert await store.count("geo") == 3  # the store still answers
+    finally:
+        await store.close()
