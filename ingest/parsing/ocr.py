@@ -3,13 +3,15 @@
 Both run offline from what is installed: pypdfium2's wheel carries PDFium, and Tesseract with its
 English model comes from Debian (``tesseract-ocr``, ``tesseract-ocr-eng``; ``make setup``
 installs them). Tesseract runs as a child of the parse process (killed with it, so the parse
-deadline and memory limit hold for it too), one page at a time, the page passed on stdin as a
-grayscale PGM at ``dpi`` dots per inch.
+deadline and memory limit hold for it too), one page at a time on one thread
+(``OMP_THREAD_LIMIT=1``: parallelism comes from ``RAG_PARSE_PROCESSES``), the page passed on
+stdin as a grayscale PGM at ``dpi`` dots per inch.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import subprocess
@@ -61,6 +63,7 @@ def recognise(image: bytes, language: str) -> str:
         timeout=PAGE_TIMEOUT,
         preexec_fn=_die_with_parent,  # only prctl: safe before exec
         check=False,
+        env={**os.environ, "OMP_THREAD_LIMIT": "1"},  # one core per parse process, as llama -t 1
     )
     if done.returncode != 0:
         message = done.stderr.decode(errors="replace").strip().splitlines()
