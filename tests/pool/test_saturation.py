@@ -27,7 +27,7 @@ from rag.core.runtime.supervisor import ChildSpec, free_port
 from rag.core.settings import Settings
 from tests.conftest import start_children, wait_for
 from tests.pool.conftest import SLOTS, Binaries, busy_slots
-from tests.pool.test_pool_servers import healthy_pool
+from tests.pool.test_pool_servers import cancel, healthy_pool, hold_direct
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -123,3 +123,34 @@ async def test_as_many_clients_as_slots_never_wait_and_the_view_stays_exact(
         assert await wait_for(lambda: all(u.slots_busy == 0 for u in members), within=10)
     finally:
         await pool.stop()
+
+
+async def test_a_request_kept_off_only_by_others_load_that_ended_polls_again(
+    upstreams: list[str], pool_http: PoolClient, hold_body: dict[str, Any]
+) -> None:
+    """Other clients held every slot when the pool last polled, then went: the pool must not
+    leave the freed slots idle until its next round (60 s here, well past the buffer timeout)
+    while a request waits, but poll again at once. On the GPU host this was a bench's direct
+    phase just before its balancer phase: the first 64 requests waited 0.1-0.5 s."""
+    url = upstreams[0]
+    holds = [asyncio.create_task(hold_direct(pool_http, url, hold_body)) for _ in range(SLOTS)]
+    pool: Pool | None = None
+    try:
+        assert await wait_for(lambda: _busy(pool_http, url, SLOTS), within=30)
+        pool = await healthy_pool(pool_http, [url], poll_interval=60.0, buffer_timeout=20.0)
+        (upstream,) = pool.scheduler.members()
+        assert upstream.foreign == SLOTS  # the first poll saw the others' load
+        await cancel(*holds)
+        assert await wait_for(lambda: _busy(pool_http, url, 0), within=30)
+        answer = await pool.request("POST", "/completion", json={"prompt": "Hi", "n_predict": 2})
+        assert answer.status_code == 200
+        assert counted(pool, "rag_pool_buffer_wait_seconds_count") == 1  # it did wait, then
+        assert upstream.foreign == 0  # a poll it asked for showed the slots free
+    finally:
+        await cancel(*holds)
+        if pool is not None:
+            await pool.stop()
+
+
+async def _busy(http: PoolClient, url: str, count: int) -> bool:
+    return await busy_slots(http, url) == count

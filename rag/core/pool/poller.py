@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ POLL_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 
 async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
     """Read the upstream's health and slots once and record them on ``upstream``."""
-    upstream.poll_sent()
+    upstream.poll_sent(time.monotonic())
     try:
         state, error = await _poll(http, upstream)
     except (httpx.HTTPError, ValueError) as exc:

@@ -88,6 +88,7 @@ class Pool:
             affinity_slack=affinity_slack,
             handoff_tokens=handoff_tokens,
             affinity_wait=affinity_wait,
+            repoll=self._wake_poller,
         )
         self._pollers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._started = False

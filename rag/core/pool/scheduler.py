@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rag.core.errors import RateLimited, UpstreamUnavailable
@@ -39,6 +40,7 @@ from rag.core.pool.upstream import Upstream, UpstreamState
 AFFINITY_ENTRIES = 16384
 AFFINITY_WAIT_MIN_KEYS = 4  # matched prefix blocks (4 x 256 characters) worth waiting for
 AFFINITY_HOLDERS = 4  # upstreams remembered per prefix key, most recent last
+REPOLL_GAP = 0.02  # seconds between polls asked for by waiting requests (stale foreign load)
 
 
 @dataclass(eq=False)
@@ -66,8 +68,10 @@ class Scheduler:
         affinity_slack: int,
         handoff_tokens: int,
         affinity_wait: float,
+        repoll: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
+        self.repoll = repoll  # polls an upstream now (the pool wakes its poller)
         self.policy: Policy = policy
         self.buffer_timeout = buffer_timeout
         self.quarantine = quarantine
@@ -260,6 +264,22 @@ class Scheduler:
                 break
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
 
+    def _repoll_stale(self) -> None:
+        """Poll now the upstreams where only other clients' load, as the last poll saw it, kept
+        this request from a slot: that load may have ended since (a burst of direct requests
+        just finished), and waiting for the next round would leave a free slot idle for up to
+        ``poll_interval`` while this request waits. At most one such poll per ``REPOLL_GAP``."""
+        if self.repoll is None:
+            return
+        now = time.monotonic()
+        for upstream in self._upstreams.values():
+            if (
+                upstream.usable(now)
+                and upstream.only_foreign_full()
+                and now - upstream.poll_sent_at >= REPOLL_GAP
+            ):
+                self.repoll(upstream.url)
+
     def _slot_free(self) -> bool:
         now = time.monotonic()
         return any(u.usable(now) and u.candidate().slots_free > 0 for u in self._upstreams.values())
@@ -317,6 +337,7 @@ class Scheduler:
         if self._slot_free():  # older requests may be waiting for their prefix's holders
             self.dispatch()
         self.hand_on()  # a generation already near its end can take it
+        self._repoll_stale()
         self.metrics.buffered.labels(self.name).set(len(self.buffer))
         try:
             async with asyncio.timeout(self.buffer_timeout):

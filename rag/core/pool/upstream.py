@@ -34,6 +34,7 @@ class Upstream:
     foreign: int = 0  # busy slots in the last /slots answer not held by this pool's requests
     in_flight: int = 0  # slot-taking requests of this pool on this upstream now
     held_since_poll: int = 0  # most slots this pool held here since the current poll was sent
+    poll_sent_at: float = 0.0  # monotonic time the current (or last) poll was sent
     requests: int = 0  # all requests of this pool on this upstream now (slot-taking or not)
     slots_endpoint: bool = True  # False when /slots is disabled: only local counting remains
     quarantined_until: float = 0.0
@@ -71,8 +72,14 @@ class Upstream:
     def gave_slot(self) -> None:
         self.in_flight -= 1
 
-    def poll_sent(self) -> None:
+    def poll_sent(self, now: float = 0.0) -> None:
         self.held_since_poll = self.in_flight
+        self.poll_sent_at = now
+
+    def only_foreign_full(self) -> bool:
+        """Whether only other clients' load (as of the last poll) keeps this pool off a slot
+        here: that load may have ended since, and a fresh poll would show the slot free."""
+        return self.slots_endpoint and self.foreign > 0 and self.in_flight < self.slots_total
 
     def polled(self, busy: int, total: int) -> None:
         """A /slots answer: ``busy`` of ``total`` slots were processing when the server read it,
