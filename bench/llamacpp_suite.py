@@ -39,12 +39,12 @@ from bench.pool.common import OUT_DIR, workdir
 
 WRAPPER = '''#!{python}
 """llama-server as the llama.cpp suite starts it, with local models; {mode}."""
-import os, socket, subprocess, sys
+import os, signal, socket, subprocess, sys
 sys.path.insert(0, {root!r})
 from rag.core.processes import die_with_parent
 
 args = sys.argv[1:]
-out, port, host, skip = [], "8080", "127.0.0.1", False
+out, port, host, skip, key = [], "8080", "127.0.0.1", False, None
 embedding = "--embedding" in args or "--embeddings" in args or "--reranking" in args
 for i, arg in enumerate(args):
     if skip:
@@ -60,6 +60,8 @@ for i, arg in enumerate(args):
     if arg == "--host":
         host, skip = args[i + 1], True
         continue
+    if arg == "--api-key":
+        key = args[i + 1]
     out.append(arg)
 if "--models-dir" not in args and "--models-preset" not in args:
     out += ["--model", {embedding_model!r} if embedding else {model!r}]
@@ -69,11 +71,13 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     inner = str(s.getsockname()[1])
 subprocess.Popen([{llama_server!r}, *out, "--host", "127.0.0.1", "--port", inner],
-                 preexec_fn=die_with_parent)
+                 preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
 os.environ["RAG_BALANCER_POLL_INTERVAL"] = "0.1"
 os.environ["RAG_BALANCER_LOG_LEVEL"] = "warning"
+if key:  # the balancer's own polls need it; clients send theirs through
+    os.environ["RAG_BALANCER_UPSTREAM_API_KEY"] = key
 host = host.split(",")[0]
-os.execv(sys.executable, [sys.executable, "-m", "rag", "balancer", "--host", host, "--port", port,
+os.execv(sys.executable, [sys.executable, "-m", "rag.balancer", "--host", host, "--port", port,
                           "--upstream", "http://127.0.0.1:" + inner])
 '''
 

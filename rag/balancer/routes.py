@@ -79,6 +79,6 @@ async def metrics(request: Request) -> Response:
     registry: PoolMetrics = request.app.state.metrics
     pool = _pool(request)
     urls = [u["url"] for u in pool.status()["upstreams"] if u["state"] == "healthy"]
-    upstreams, headers = await upstream_metrics(pool.http, urls)
+    upstreams, headers = await upstream_metrics(pool.http, urls, pool.poll_headers)
     body = generate_latest(registry.registry) + upstreams.encode()
     return Response(body, media_type=CONTENT_TYPE_LATEST, headers=headers)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,25 +33,28 @@ class _Family:
 
 
 async def upstream_metrics(
-    http: httpx.AsyncClient, urls: Sequence[str]
+    http: httpx.AsyncClient, urls: Sequence[str], headers: Mapping[str, str] | None = None
 ) -> tuple[str, dict[str, str]]:
-    """The text of the upstreams' families and the headers to pass on."""
-    answers = await asyncio.gather(*(_read(http, url) for url in urls))
+    """The text of the upstreams' families and the headers to pass on (``headers``: the
+    upstreams' API key, if any)."""
+    answers = await asyncio.gather(*(_read(http, url, headers or {}) for url in urls))
     families: dict[str, _Family] = {}
-    headers: dict[str, str] = {}
+    passed: dict[str, str] = {}
     for url, answer in zip(urls, answers, strict=True):
         if answer is None:
             continue
         text, start = answer
-        if start and not headers:
-            headers["Process-Start-Time-Unix"] = start
+        if start and not passed:
+            passed["Process-Start-Time-Unix"] = start
         _add(families, url, text)
-    return _render(families), headers
+    return _render(families), passed
 
 
-async def _read(http: httpx.AsyncClient, url: str) -> tuple[str, str | None] | None:
+async def _read(
+    http: httpx.AsyncClient, url: str, headers: Mapping[str, str]
+) -> tuple[str, str | None] | None:
     with contextlib.suppress(httpx.HTTPError):
-        response = await http.get(f"{url}/metrics", timeout=TIMEOUT)
+        response = await http.get(f"{url}/metrics", timeout=TIMEOUT, headers=headers)
         if response.status_code == 200:
             return response.text, response.headers.get("Process-Start-Time-Unix")
     return None

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -26,30 +26,35 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 
 
-async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
-    """Read the upstream's health and slots once and record them on ``upstream``."""
+async def poll_once(
+    http: httpx.AsyncClient, upstream: Upstream, headers: Mapping[str, str] | None = None
+) -> None:
+    """Read the upstream's health and slots once and record them on ``upstream``
+    (``headers``: the API key of an upstream started with ``--api-key``)."""
     upstream.poll_sent(time.monotonic())
     try:
-        state, error = await _poll(http, upstream)
+        state, error = await _poll(http, upstream, headers or {})
     except (httpx.HTTPError, ValueError) as exc:
         state, error = UpstreamState.UNREACHABLE, f"poll failed: {type(exc).__name__}"
     _set_state(upstream, state, error)
 
 
-async def _poll(http: httpx.AsyncClient, upstream: Upstream) -> tuple[UpstreamState, str | None]:
+async def _poll(
+    http: httpx.AsyncClient, upstream: Upstream, headers: Mapping[str, str]
+) -> tuple[UpstreamState, str | None]:
     if not (upstream.props and upstream.slots_endpoint):  # new, back again, or without /slots
-        health = await http.get(f"{upstream.url}/health", timeout=POLL_TIMEOUT)
+        health = await http.get(f"{upstream.url}/health", timeout=POLL_TIMEOUT, headers=headers)
         if health.status_code == 503:
             return UpstreamState.LOADING, "loading the model (HTTP 503)"
         if health.status_code != 200:
             return UpstreamState.UNREACHABLE, f"/health: HTTP {health.status_code}"
         if not upstream.props:
-            await _read_props(http, upstream)
+            await _read_props(http, upstream, headers)
         if not upstream.slots_endpoint:
             return UpstreamState.HEALTHY, None
     # one request per round for a known upstream: llama-server answers /slots with 503 too
     # while a model loads (half the polling work of asking /health every time)
-    slots = await http.get(f"{upstream.url}/slots", timeout=POLL_TIMEOUT)
+    slots = await http.get(f"{upstream.url}/slots", timeout=POLL_TIMEOUT, headers=headers)
     if slots.status_code == 200:
         listed: list[dict[str, Any]] = slots.json()
         upstream.polled(sum(1 for slot in listed if slot.get("is_processing")), len(listed))
@@ -63,8 +68,10 @@ async def _poll(http: httpx.AsyncClient, upstream: Upstream) -> tuple[UpstreamSt
     return UpstreamState.UNREACHABLE, f"/slots: HTTP {slots.status_code}"
 
 
-async def _read_props(http: httpx.AsyncClient, upstream: Upstream) -> None:
-    response = await http.get(f"{upstream.url}/props", timeout=POLL_TIMEOUT)
+async def _read_props(
+    http: httpx.AsyncClient, upstream: Upstream, headers: Mapping[str, str]
+) -> None:
+    response = await http.get(f"{upstream.url}/props", timeout=POLL_TIMEOUT, headers=headers)
     if response.status_code != 200:
         return
     props: dict[str, Any] = response.json()
@@ -92,12 +99,13 @@ async def run_poller(
     interval: float,
     wake: asyncio.Event,
     on_change: Callable[[], None],
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Poll ``upstream`` until cancelled; each round ends after ``interval`` or when woken."""
     while True:
         wake.clear()
         try:
-            await poll_once(http, upstream)
+            await poll_once(http, upstream, headers)
         except Exception:  # a bug here must not end polling for good
             log.exception("polling %s failed", upstream.url)
         on_change()

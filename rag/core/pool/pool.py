@@ -70,8 +70,11 @@ class Pool:
         affinity_slack: int = 1,
         handoff_tokens: int = 2,
         affinity_wait: float = 0.0,
+        api_key: str | None = None,
     ) -> None:
         self.name = name
+        # the pool's own requests to upstreams started with --api-key (polls, metrics)
+        self.poll_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = http
         self.poll_interval = poll_interval
         self.quarantine = quarantine
@@ -164,6 +167,7 @@ class Pool:
                 interval=self.poll_interval,
                 wake=wake,
                 on_change=self.scheduler.dispatch,  # a poll may show freed slots
+                headers=self.poll_headers,
             ),
             name=f"pool-{self.name}-poll-{url}",
         )

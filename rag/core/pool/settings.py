@@ -8,7 +8,7 @@ turn it into a :class:`Pool` and the :class:`PoolClient` it sends through.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.core.pool.client import PoolClient, pool_client
@@ -65,6 +65,11 @@ class PoolSettings(BaseSettings):
         120.0, gt=0, description="Longest gap in seconds between two chunks from an upstream."
     )
     max_connections: int = Field(512, ge=1, description="Connections to all upstreams at most.")
+    upstream_api_key: SecretStr | None = Field(
+        None,
+        description="API key of upstreams started with --api-key: the pool's own polls "
+        "(/slots, /props, /metrics) send it; clients' requests pass their own through.",
+    )
 
 
 def build_client(settings: PoolSettings) -> PoolClient:
@@ -93,4 +98,7 @@ def build_pool(
         affinity_slack=settings.affinity_slack,
         handoff_tokens=settings.handoff_tokens,
         affinity_wait=settings.affinity_wait,
+        api_key=(
+            settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        ),
     )
