@@ -130,6 +130,10 @@ async def open_components(
         registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
         stack.push_async_callback(registry.close)
         blobs = BlobStore(settings.data_dir / "blobs")
+        # what a crashed process left of its uploads (API and workers alike write there)
+        removed = await blobs.remove_stale_temp(settings.stale_upload_seconds)
+        if removed:
+            log.info("removed %d stale temporary upload file(s)", removed)
         store = VectorStore.from_settings(settings, dimensions=EMBEDDING_DIMENSIONS)
         stack.push_async_callback(store.close)
         embedder = Embedder(
@@ -157,9 +161,6 @@ async def open_components(
         )
         workers = None
         if run_workers and settings.workers > 0:
-            removed = await blobs.remove_stale_temp(settings.stale_upload_seconds)
-            if removed:
-                log.info("removed %d stale temporary upload file(s)", removed)
             parse_pool = await _parse_pool(settings, stack)
             workers = _workers(settings, registry, blobs, store, embedder, parse_pool)
             workers.start()
