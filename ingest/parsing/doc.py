@@ -40,10 +40,21 @@ def soffice() -> str | None:
     return shutil.which("soffice") or shutil.which("libreoffice")
 
 
+PROFILES = Path(tempfile.gettempdir()) / "rag-soffice"
+
+
 @cache
 def _profile() -> Path:
-    """This process's LibreOffice profile (two processes must not share one)."""
-    return Path(tempfile.mkdtemp(prefix=f"rag-soffice-{os.getpid()}-"))
+    """This process's LibreOffice profile (two processes must not share one), in a folder named
+    by its pid; those of processes that are gone (killed parse processes) are removed here."""
+    PROFILES.mkdir(exist_ok=True)
+    for folder in PROFILES.iterdir():
+        if folder.name.isdigit() and not Path(f"/proc/{folder.name}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    own = PROFILES / str(os.getpid())
+    shutil.rmtree(own, ignore_errors=True)  # a recycled pid's leftovers
+    own.mkdir()
+    return own
 
 
 def check_word_file(data: bytes, filename: str) -> None:
