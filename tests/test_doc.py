@@ -75,6 +75,20 @@ def test_other_ole_files_and_encrypted_packages_are_refused() -> None:
     assert caught.value.reason == "unsupported_type"
 
 
+def test_an_encrypted_office_package_is_refused_at_upload() -> None:
+    """Office 2007+ files with a password are OLE files holding an ``EncryptedPackage`` stream:
+    here the real .doc's WordDocument directory entry renamed so (name and its length)."""
+    data = bytearray((FIXTURES / "olefile-test-ole-file.doc").read_bytes())
+    at = data.index("WordDocument".encode("utf-16-le") + b"\x00\x00")
+    name = "EncryptedPackage".encode("utf-16-le") + b"\x00\x00"
+    data[at : at + len(name)] = name
+    struct.pack_into("<H", data, at + 64, len(name))  # the entry's name length, in bytes
+    with pytest.raises(DetectionError) as caught:
+        detect_content_type(bytes(data), "secret.docx")
+    assert caught.value.reason == "encrypted"
+    assert "password-protected" in str(caught.value)
+
+
 @needs_soffice
 @pytest.mark.parametrize(("name", "text"), REAL.items())
 def test_real_doc_files_are_parsed(name: str, text: str) -> None:
