@@ -269,3 +269,19 @@ async def test_a_scanned_page_among_text_pages_is_searchable_with_its_page(clien
     (top, *_) = await client.search("Which bird runs faster than a horse?")
     assert top["document_id"] == document["id"]
     assert top["page"] == 1 and "Ostriches" in top["text"]
+
+
+async def test_malformed_multipart_bodies_get_a_400(client: Client) -> None:
+    url = f"{client.base}/v1/documents"
+    many = [("file", (f"n{n}.txt", io.BytesIO(b"note\n"))) for n in range(21)]
+    too_many = await client.http.post(url, files=many)
+    assert too_many.status_code == 400, too_many.text
+    assert "too many files" in too_many.json()["error"]["message"]
+    headers = {"content-type": "multipart/form-data; boundary=xyz"}
+    broken = await client.http.post(url, content=b"--xyz\r\nnonsense\r\n\r\n", headers=headers)
+    assert broken.status_code == 400, broken.text
+    assert broken.json()["error"]["type"] == "invalid_request"
+    no_boundary = await client.http.post(
+        url, content=b"x", headers={"content-type": "multipart/form-data"}
+    )
+    assert no_boundary.status_code == 400
