@@ -68,6 +68,9 @@ def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
     process, base = service
     _wait_ready(base, process, timeout=120)
     assert httpx.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}
+    ready = httpx.get(f"{base}/readyz", timeout=5).json()
+    assert ready["checks"]["embedding_query_pool"]["ok"]  # the query lane's child counts too
+    assert httpx.get(f"{base}/v1/pool", timeout=5).json()["embedding_query"]["upstreams"]
     metrics = httpx.get(f"{base}/metrics", timeout=5)
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")

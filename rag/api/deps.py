@@ -74,6 +74,10 @@ def _generation_pool(components: ComponentsDep) -> Pool:
     return components.generation_pool
 
 
+def _query_embedding_pool(components: ComponentsDep) -> Pool | None:
+    return components.query_embedding_pool
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 BlobsDep = Annotated[BlobStore, Depends(_blobs)]
@@ -85,3 +89,4 @@ SupervisorDep = Annotated[Supervisor | None, Depends(_supervisor)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 EmbeddingPoolDep = Annotated[Pool, Depends(_embedding_pool)]
 GenerationPoolDep = Annotated[Pool, Depends(_generation_pool)]
+QueryEmbeddingPoolDep = Annotated[Pool | None, Depends(_query_embedding_pool)]

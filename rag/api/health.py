@@ -13,6 +13,7 @@ from rag.api.deps import (
     EmbeddingPoolDep,
     GenerationPoolDep,
     MetricsDep,
+    QueryEmbeddingPoolDep,
     RegistryDep,
     StoreDep,
     SupervisorDep,
@@ -58,6 +59,7 @@ async def readyz(
     store: StoreDep,
     embedding_pool: EmbeddingPoolDep,
     generation_pool: GenerationPoolDep,
+    query_pool: QueryEmbeddingPoolDep,
     workers: WorkersDep,
 ) -> JSONResponse:
     probes = await asyncio.gather(
@@ -67,6 +69,8 @@ async def readyz(
     checks: dict[str, Any] = dict(probes)
     checks["embedding_pool"] = _pool_check(embedding_pool.status())
     checks["generation_pool"] = _pool_check(generation_pool.status())
+    if query_pool is not None:  # the query lane's own servers (searches go there)
+        checks["embedding_query_pool"] = _pool_check(query_pool.status())
     parse_pool = workers.parse_pool if workers is not None else None
     if parse_pool is not None:  # a process that runs ingestion workers parses in it
         checks["parse_pool"] = parse_pool.status()
@@ -100,8 +104,13 @@ async def runtime_children(supervisor: SupervisorDep) -> dict[str, Any]:
     return {"children": children}
 
 
-@router.get("/v1/pool", summary="Upstreams of the embedding and generation pools")
+@router.get("/v1/pool", summary="Upstreams of the embedding, query-embedding and generation pools")
 async def pools(
-    embedding_pool: EmbeddingPoolDep, generation_pool: GenerationPoolDep
+    embedding_pool: EmbeddingPoolDep,
+    generation_pool: GenerationPoolDep,
+    query_pool: QueryEmbeddingPoolDep,
 ) -> dict[str, Any]:
-    return {"embedding": embedding_pool.status(), "generation": generation_pool.status()}
+    status = {"embedding": embedding_pool.status(), "generation": generation_pool.status()}
+    if query_pool is not None:
+        status["embedding_query"] = query_pool.status()
+    return status
