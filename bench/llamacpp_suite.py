@@ -70,15 +70,32 @@ if {mode!r} == "direct":
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     inner = str(s.getsockname()[1])
-subprocess.Popen([{llama_server!r}, *out, "--host", "127.0.0.1", "--port", inner],
-                 preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
+server = subprocess.Popen([{llama_server!r}, *out, "--host", "127.0.0.1", "--port", inner],
+                          preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
 os.environ["RAG_BALANCER_POLL_INTERVAL"] = "0.1"
 os.environ["RAG_BALANCER_LOG_LEVEL"] = "warning"
+os.environ.setdefault("RAG_BALANCER_HTTP", "h11")  # header names as llama-server spells them
 if key:  # the balancer's own polls need it; clients send theirs through
     os.environ["RAG_BALANCER_UPSTREAM_API_KEY"] = key
 host = host.split(",")[0]
-os.execv(sys.executable, [sys.executable, "-m", "rag.balancer", "--host", host, "--port", port,
-                          "--upstream", "http://127.0.0.1:" + inner])
+balancer = subprocess.Popen(
+    [sys.executable, "-m", "rag.balancer", "--host", host, "--port", port,
+     "--upstream", "http://127.0.0.1:" + inner],
+    preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
+
+
+def stop(*_):  # as quick as llama-server: the suite starts the next server on the same port
+    for child in (balancer, server):
+        child.kill()
+    for child in (balancer, server):
+        child.wait()
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+balancer.wait()
+stop()
 '''
 
 

@@ -36,6 +36,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        http=settings.http,
         access_log=settings.log_level == "debug",
         server_header=False,
         proxy_headers=False,

@@ -144,8 +144,10 @@ class ProxyApp:
                 scope["method"], target, content=body or None, headers=headers,
                 prefix_key=prefix, budget=budget,
             ) as upstream:  # fmt: skip
+                # names as the upstream wrote them: clients that read headers into a plain dict
+                # (llama.cpp's own tests do) see the same keys as from llama-server
                 headers_out = [
-                    (k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP
+                    (k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP
                 ]
                 start = {"type": "http.response.start", "status": upstream.status_code}
                 if "content-length" in upstream.headers and not _is_sse(upstream):
@@ -170,9 +172,7 @@ class ProxyApp:
             log.info("client left %s %s; upstream request cancelled", scope["method"], target)
         except UpstreamRejected as exc:
             answered = True  # the upstream's status, headers and body, as it sent them
-            headers_out = [
-                (k.lower(), v) for k, v in exc.upstream_headers if k.lower() not in _HOP_BY_HOP
-            ]
+            headers_out = [(k, v) for k, v in exc.upstream_headers if k.lower() not in _HOP_BY_HOP]
             headers_out.append((b"content-length", str(len(exc.upstream_body)).encode()))
             await send({"type": "http.response.start", "status": exc.upstream_status,
                         "headers": headers_out})  # fmt: skip

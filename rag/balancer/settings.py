@@ -37,6 +37,12 @@ class BalancerSettings(BaseSettings):
     upstreams: list[str] = Field(
         default_factory=list, description="llama-server base URLs registered at start."
     )
+    http: Literal["auto", "httptools", "h11"] = Field(
+        "auto",
+        description="uvicorn's HTTP implementation. httptools (auto's choice, the faster) writes "
+        "response header names in lower case; h11 keeps the upstream's spelling, for clients "
+        "that compare header names case-sensitively.",
+    )
     pool: BalancerPoolSettings = Field(
         default_factory=BalancerPoolSettings,
         description="The pool's settings (RAG_BALANCER_POLICY, RAG_BALANCER_BUFFER_SIZE, ...).",

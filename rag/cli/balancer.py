@@ -54,6 +54,7 @@ def balancer(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        http=settings.http,
         access_log=settings.log_level == "debug",  # a line per request costs ~10% of the CPU
         server_header=False,  # the upstream's own Server header passes through
         proxy_headers=False,  # X-Forwarded-* go upstream unchanged; nothing here reads them
