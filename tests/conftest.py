@@ -45,7 +45,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings on a temporary data folder, sharing the user's runtime cache."""
     data_dir = tmp_path_factory.mktemp("rag-data")
-    return Settings(data_dir=data_dir, _env_file=None)  # type: ignore[call-arg]
+    # no API keys (loopback only); tests/test_auth.py runs the service with keys
+    return Settings(data_dir=data_dir, auth="open", _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")

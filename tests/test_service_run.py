@@ -56,8 +56,15 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float) -> 
     raise AssertionError(f"/readyz not 200 within {timeout} s")
 
 
-def _child_pids(base: str) -> list[int]:
-    children = httpx.get(f"{base}/v1/runtime", timeout=5).json()["children"]
+def _admin(tmp_path: Path) -> dict[str, str]:
+    """The admin key the first start generated (no RAG_ADMIN_KEY), as a header."""
+    key_file = tmp_path / "data" / "admin.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    return {"authorization": f"Bearer {key_file.read_text().strip()}"}
+
+
+def _child_pids(base: str, headers: dict[str, str]) -> list[int]:
+    children = httpx.get(f"{base}/v1/runtime", headers=headers, timeout=5).json()["children"]
     assert {child["role"] for child in children} == {"embedding", "embedding-query", "generation"}
     return [int(child["pid"]) for child in children]
 
@@ -70,12 +77,15 @@ def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
     assert httpx.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}
     ready = httpx.get(f"{base}/readyz", timeout=5).json()
     assert ready["checks"]["embedding_query_pool"]["ok"]  # the query lane's child counts too
-    assert httpx.get(f"{base}/v1/pool", timeout=5).json()["embedding_query"]["upstreams"]
-    metrics = httpx.get(f"{base}/metrics", timeout=5)
+    assert httpx.get(f"{base}/v1/runtime", timeout=5).status_code == 401  # keys by default
+    admin = _admin(tmp_path)
+    pool = httpx.get(f"{base}/v1/pool", headers=admin, timeout=5).json()
+    assert pool["embedding_query"]["upstreams"]
+    metrics = httpx.get(f"{base}/metrics", headers=admin, timeout=5)
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'rag_llama_child_up{name="embedding",role="embedding"} 1.0' in metrics.text
-    pids = _child_pids(base)
+    pids = _child_pids(base, admin)
     assert all(running(pid) for pid in pids)
 
     process.send_signal(signal.SIGTERM)
@@ -86,10 +96,12 @@ def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
     assert "Traceback" not in log, log
 
 
-def test_children_die_with_a_killed_service(service: tuple[subprocess.Popen[bytes], str]) -> None:
+def test_children_die_with_a_killed_service(
+    service: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+) -> None:
     process, base = service
     _wait_ready(base, process, timeout=120)
-    pids = _child_pids(base)
+    pids = _child_pids(base, _admin(tmp_path))
     process.kill()
     process.wait(30)
     assert wait_gone(pids, 15) == [], "llama-server children outlived a SIGKILLed service"

@@ -6,7 +6,7 @@
 
 Modules: ``tables`` (schema), ``migrate`` (alembic, run programmatically), ``engine`` (SQLite and
 PostgreSQL set up for concurrent use), ``records`` (what is handed out, and its API shape),
-``queue`` (claims, leases, retries), ``registry`` (documents), ``errors``.
+``queue`` (claims, leases, retries), ``registry`` (documents), ``keys`` (API keys), ``errors``.
 """
 
 from ingest.registry.engine import create_registry_engine
@@ -16,6 +16,7 @@ from ingest.registry.errors import (
     JobNotRetryable,
     RegistryUnavailable,
 )
+from ingest.registry.keys import SCOPES, ApiKey, KeyStore, Scope
 from ingest.registry.migrate import migrate
 from ingest.registry.queue import LEASE_EXPIRED, JobQueue, backoff_delay
 from ingest.registry.records import (
@@ -29,7 +30,9 @@ from ingest.registry.registry import UNSET, Registry
 
 __all__ = [
     "LEASE_EXPIRED",
+    "SCOPES",
     "UNSET",
+    "ApiKey",
     "DocumentRecord",
     "DocumentStatus",
     "InvalidCursor",
@@ -38,8 +41,10 @@ __all__ = [
     "JobQueue",
     "JobRecord",
     "JobState",
+    "KeyStore",
     "Registry",
     "RegistryUnavailable",
+    "Scope",
     "backoff_delay",
     "create_registry_engine",
     "document_id",

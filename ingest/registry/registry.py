@@ -11,15 +11,16 @@ import binascii
 import json
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, false, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from ingest.registry.engine import create_registry_engine
 from ingest.registry.errors import InvalidCursor, RegistryUnavailable
@@ -213,9 +214,11 @@ class Registry(JobQueue):
         status: DocumentStatus | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        within: Sequence[str] | None = None,
     ) -> tuple[list[DocumentRecord], str | None]:
         """A page of documents, oldest first (by ``created_at``, then ``id``), and the opaque
-        cursor of the next page (``None`` on the last page)."""
+        cursor of the next page (``None`` on the last page). ``within``: only collections that
+        match one of these patterns (names, ``prefix*``, ``*``; an API key's collections)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
         if status is not None and status not in DOCUMENT_STATUSES:
@@ -225,6 +228,17 @@ class Registry(JobQueue):
             query = query.where(documents.c.collection == collection)
         if status is not None:
             query = query.where(documents.c.status == status)
+        if within is not None and "*" not in within:
+            names = [p for p in within if not p.endswith("*")]
+            matches: list[ColumnElement[bool]] = []
+            if names:
+                matches.append(documents.c.collection.in_(names))
+            matches += [
+                documents.c.collection.startswith(p[:-1], autoescape=True)
+                for p in within
+                if p.endswith("*")
+            ]
+            query = query.where(or_(*matches) if matches else false())
         if cursor is not None:
             after, after_id = decode_cursor(cursor)
             query = query.where(

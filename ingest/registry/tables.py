@@ -115,3 +115,18 @@ jobs = Table(
     Index(None, "state", "not_before"),
     Index(None, "state", "lease_expires_at"),
 )
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("scopes", json_type(), nullable=False),
+    Column("collections", json_type(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("key_hash"),
+    Index(None, "name"),
+)

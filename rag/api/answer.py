@@ -22,9 +22,10 @@ from starlette.types import Receive, Scope, Send
 
 from rag.answer import Question
 from rag.answer.service import Event
+from rag.api.auth import ReadKey, hidden_collection, usable_collection
 from rag.api.deps import AnswersDep
 from rag.api.search import FilterBody
-from rag.core.collections import check_collection
+from rag.core.errors import NotFound
 
 router = APIRouter(tags=["retrieval"])
 
@@ -73,14 +74,17 @@ def format_event(name: str, data: dict[str, Any]) -> bytes:
     summary="Answer a question from the collection's documents",
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def answer(body: AnswerBody, service: AnswersDep) -> Response:
+async def answer(body: AnswerBody, service: AnswersDep, key: ReadKey) -> Response:
     question = Question(
         text=body.question,
-        collection=check_collection(body.collection),
+        collection=usable_collection(key, body.collection),
         top_k=body.top_k,
         filter=body.filter.to_filter() if body.filter else None,
     )
-    prepared = await service.prepare(question)
+    try:
+        prepared = await service.prepare(question)
+    except NotFound as exc:  # one wording, whichever store: as for a collection the key lacks
+        raise hidden_collection(question.collection) from exc
     if not body.stream:
         return JSONResponse(await service.answer(prepared))
     stream = await service.open(prepared)

@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from rag.api import answer, documents, health, search
-from rag.core.settings import Settings
+from rag.api import answer, documents, health, keys, search
+from rag.core.settings import Settings, is_loopback
 from rag.service.components import Components, EmbeddedRuntime, open_components
+from rag.service.keys import bootstrap_admin_key
 from rag.service.metrics import Metrics
 from rag.service.samples import ingest_samples
 from rag.web.errors import install_error_handlers
@@ -27,6 +28,8 @@ def create_app(
     settings: Settings, runtime: EmbeddedRuntime | None = None, *, run_workers: bool = False
 ) -> FastAPI:
     """``runtime``: children to supervise (``rag run``); ``run_workers``: ingest in-process."""
+    if settings.auth == "open" and not is_loopback(settings.host):  # model_copy skips validators
+        raise ValueError(f"auth=open is for loopback addresses only, not {settings.host!r}")
     metrics = Metrics()
 
     @asynccontextmanager
@@ -35,7 +38,10 @@ def create_app(
             settings, metrics, runtime=runtime, run_workers=run_workers
         ) as components:
             app.state.components = components
-            announcer = asyncio.create_task(_when_ready(components))
+            note = None
+            if not components.auth.open_mode:
+                note = await bootstrap_admin_key(components.auth.store, settings)
+            announcer = asyncio.create_task(_when_ready(components, note))
             try:
                 yield
             finally:
@@ -54,10 +60,11 @@ def create_app(
     app.include_router(documents.router)
     app.include_router(search.router)
     app.include_router(answer.router)
+    app.include_router(keys.router)
     return app
 
 
-async def _when_ready(components: Components) -> None:
+async def _when_ready(components: Components, key_note: str | None) -> None:
     """Once the children are healthy: ingest the samples if asked, and say where to go."""
     settings = components.settings
     if components.supervisor is not None:
@@ -75,11 +82,22 @@ async def _when_ready(components: Components) -> None:
         else:
             log.info("queued %d sample documents into collection 'default'", count)
     base = f"http://{settings.host}:{settings.port}"
+    if key_note is None:
+        auth, keyed = "  (auth=open: no API keys, loopback only)\n", ""
+    else:
+        source = (
+            "$RAG_ADMIN_KEY"
+            if settings.admin_key
+            else f"$(cat {settings.admin_key_file.resolve()})"
+        )
+        auth = f"  {key_note}\n  export RAG_API_KEY={source}\n"
+        keyed = ' -H "authorization: Bearer $RAG_API_KEY"'
     print(
-        f"\nRAG service ready: {base}  (API docs {base}/docs)\n"
-        f"  search: curl -s {base}/v1/search -H 'content-type: application/json' "
+        f"\nRAG service ready: {base}  (API docs {base}/docs)\n{auth}"
+        f"  search: curl -s {base}/v1/search{keyed} -H 'content-type: application/json' "
         """-d '{"query": "How many slots does -np 4 give?"}'\n"""
         f"  ask:    .venv/bin/rag ask 'Which embedding model is used by default?' --url {base}\n"
-        f"  upload: .venv/bin/rag ingest ./my-docs --url {base}\n",
+        f"  upload: .venv/bin/rag ingest ./my-docs --url {base}\n"
+        f"  keys:   .venv/bin/rag keys create --name team-a --collection 'team-a-*'\n",
         flush=True,
     )

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from ingest.detect import SAMPLE_BYTES, DetectionError, detect_content_type
-from ingest.registry import DocumentStatus, JobNotRetryable
+from ingest.registry import ApiKey, DocumentRecord, DocumentStatus, JobNotRetryable, Registry
+from rag.api.auth import ReadKey, WriteKey, hidden_collection
 from rag.api.deps import BlobsDep, RegistryDep, SettingsDep, StoreDep, WorkersDep
 from rag.api.upload import UploadedFile, read_upload
 from rag.core.collections import check_collection
@@ -25,6 +26,7 @@ async def upload_documents(
     registry: RegistryDep,
     blobs: BlobsDep,
     workers: WorkersDep,
+    key: WriteKey,
 ) -> JSONResponse:
     # Each file streams into a temporary blob file (hashed as it arrives, its head kept); every
     # file is checked before any is stored, and a refused upload leaves nothing behind.
@@ -35,6 +37,8 @@ async def upload_documents(
         max_files=settings.max_files_per_upload,
         head_bytes=SAMPLE_BYTES + 1,  # one byte more tells detection the head is not all
     ) as form:
+        if not key.may_use(form.collection):
+            raise hidden_collection(form.collection)
         accepted: list[tuple[UploadedFile, str]] = []
         for upload in form.files:
             try:
@@ -83,6 +87,7 @@ async def upload_documents(
 @router.get("/v1/documents", summary="A page of documents")
 async def list_documents(
     registry: RegistryDep,
+    key: ReadKey,
     collection: str | None = None,
     status: DocumentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -90,9 +95,15 @@ async def list_documents(
 ) -> dict[str, Any]:
     if collection is not None:
         check_collection(collection)
+        if not key.may_use(collection):  # as a collection without documents
+            return {"documents": [], "next_cursor": None}
     try:
         documents, next_cursor = await registry.list_documents(
-            collection=collection, status=status, limit=limit, cursor=cursor
+            collection=collection,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+            within=None if key.all_collections else key.collections,
         )
     except ValueError as exc:
         raise InvalidRequest(f"invalid cursor: {exc}") from exc
@@ -100,17 +111,23 @@ async def list_documents(
 
 
 @router.get("/v1/documents/{document_id}", summary="One document")
-async def get_document(registry: RegistryDep, document_id: str) -> dict[str, Any]:
+async def get_document(registry: RegistryDep, key: ReadKey, document_id: str) -> dict[str, Any]:
+    return (await _document_of(registry, key, document_id)).to_api()
+
+
+async def _document_of(registry: Registry, key: ApiKey, document_id: str) -> DocumentRecord:
+    """The document, if it exists in a collection the key may use; otherwise NotFound."""
     document = await registry.get_document(document_id)
-    if document is None:
+    if document is None or not key.may_use(document.collection):
         raise NotFound(f"no document {document_id}")
-    return document.to_api()
+    return document
 
 
 @router.delete("/v1/documents/{document_id}", status_code=204, summary="Delete a document")
 async def delete_document(
-    registry: RegistryDep, store: StoreDep, blobs: BlobsDep, document_id: str
+    registry: RegistryDep, store: StoreDep, blobs: BlobsDep, key: WriteKey, document_id: str
 ) -> Response:
+    await _document_of(registry, key, document_id)
     # The registry row goes first: a job still ingesting the document loses it at its next
     # upsert and removes what it wrote after this point; the store delete removes the rest.
     document = await registry.delete_document(document_id)
@@ -126,25 +143,40 @@ async def delete_document(
     "/v1/documents/{document_id}/retry", status_code=202, summary="Retry a failed document"
 )
 async def retry_document(
-    registry: RegistryDep, workers: WorkersDep, document_id: str
+    registry: RegistryDep, workers: WorkersDep, key: WriteKey, document_id: str
 ) -> dict[str, Any]:
     """Requeue the latest job of a ``failed`` document (as ``POST /v1/jobs/{id}/retry``)."""
+    await _document_of(registry, key, document_id)
     job = await registry.latest_job_for(document_id)
     if job is None:
         raise NotFound(f"no document {document_id}")
-    return await retry_job(registry, workers, job.id)
+    return await retry_job(registry, workers, key, job.id)
 
 
 @router.get("/v1/jobs/{job_id}", summary="State and progress of an ingestion job")
-async def get_job(registry: RegistryDep, job_id: str) -> dict[str, Any]:
+async def get_job(registry: RegistryDep, key: ReadKey, job_id: str) -> dict[str, Any]:
+    await _job_allowed(registry, key, job_id)
     job = await registry.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job.to_api()
 
 
+async def _job_allowed(registry: Registry, key: ApiKey, job_id: str) -> None:
+    """NotFound unless the job exists and its document is in a collection the key may use."""
+    if key.all_collections:
+        return
+    job = await registry.get_job(job_id)
+    document = await registry.get_document(job.document_id) if job is not None else None
+    if document is None or not key.may_use(document.collection):
+        raise NotFound(f"no job {job_id}")
+
+
 @router.post("/v1/jobs/{job_id}/retry", status_code=202, summary="Requeue a failed job")
-async def retry_job(registry: RegistryDep, workers: WorkersDep, job_id: str) -> dict[str, Any]:
+async def retry_job(
+    registry: RegistryDep, workers: WorkersDep, key: WriteKey, job_id: str
+) -> dict[str, Any]:
+    await _job_allowed(registry, key, job_id)
     try:
         job = await registry.retry_job(job_id)
     except JobNotRetryable as exc:

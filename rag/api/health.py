@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rag.api.auth import AdminKey
 from rag.api.deps import (
     EmbeddingPoolDep,
     GenerationPoolDep,
@@ -81,12 +82,12 @@ async def readyz(
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(metrics: MetricsDep) -> Response:
+async def metrics(metrics: MetricsDep, _: AdminKey) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/runtime", summary="Supervised llama-server children and their state")
-async def runtime_children(supervisor: SupervisorDep) -> dict[str, Any]:
+async def runtime_children(supervisor: SupervisorDep, _: AdminKey) -> dict[str, Any]:
     children = []
     if supervisor is not None:
         for child in supervisor.children:
@@ -109,6 +110,7 @@ async def pools(
     embedding_pool: EmbeddingPoolDep,
     generation_pool: GenerationPoolDep,
     query_pool: QueryEmbeddingPoolDep,
+    _: AdminKey,
 ) -> dict[str, Any]:
     status = {"embedding": embedding_pool.status(), "generation": generation_pool.status()}
     if query_pool is not None:

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from rag.api.auth import ReadKey, hidden_collection, usable_collection
 from rag.api.deps import SearcherDep, SettingsDep
-from rag.core.collections import check_collection
+from rag.core.errors import NotFound
 from rag.core.search import SearchFilter
 from rag.core.vectorstore import Retrieval
 
@@ -38,12 +39,18 @@ class SearchBody(BaseModel):
 
 
 @router.post("/v1/search", summary="Nearest chunks to a query")
-async def search(body: SearchBody, searcher: SearcherDep, settings: SettingsDep) -> dict[str, Any]:
-    results = await searcher.search(
-        body.query,
-        collection=check_collection(body.collection),
-        top_k=body.top_k,
-        filter=body.filter.to_filter() if body.filter else None,
-        retrieval=body.retrieval or settings.retrieval,
-    )
+async def search(
+    body: SearchBody, searcher: SearcherDep, settings: SettingsDep, key: ReadKey
+) -> dict[str, Any]:
+    collection = usable_collection(key, body.collection)
+    try:
+        results = await searcher.search(
+            body.query,
+            collection=collection,
+            top_k=body.top_k,
+            filter=body.filter.to_filter() if body.filter else None,
+            retrieval=body.retrieval or settings.retrieval,
+        )
+    except NotFound as exc:  # one wording, whichever store: as for a collection the key lacks
+        raise hidden_collection(collection) from exc
     return {"results": [result.to_api() for result in results]}

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from rag.cli.http import error_text
+from rag.cli.http import ApiKeyOption, auth_headers, error_text
 
 EXIT_OK, EXIT_ANSWER_FAILED, EXIT_REQUEST_FAILED = 0, 1, 2
 
@@ -24,6 +24,7 @@ def ask(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the final object as JSON.")
     ] = False,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Ask a question about the documents of a running service; the answer streams as it is
     generated, followed by the cited sources."""
@@ -33,7 +34,7 @@ def ask(
     limits = httpx.Timeout(connect=5.0, read=timeout, write=10.0, pool=5.0)
     try:
         with (
-            httpx.Client(timeout=limits) as http,
+            httpx.Client(timeout=limits, headers=auth_headers(api_key)) as http,
             http.stream("POST", f"{url.rstrip('/')}/v1/answer", json=body) as response,
         ):
             if response.status_code != 200:

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import httpx
+import typer
+
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="RAG_API_KEY",
+        help="API key of the service (RAG_API_KEY).",
+        show_default=False,
+    ),
+]
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer KEY`` when a key is given."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def error_text(response: httpx.Response) -> str:

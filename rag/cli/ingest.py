@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rag.cli.http import error_text
+from rag.cli.http import auth_headers, error_text
 from rag.cli.progress import console
 
 SUFFIXES = {".pdf", ".docx", ".csv", ".txt", ".md", ".markdown", ".text"}
@@ -40,12 +40,13 @@ def ingest(
     collection: str,
     metadata: dict[str, Any] | None,
     timeout: float,
+    api_key: str | None = None,
 ) -> int:
     """Upload, then poll the jobs until all finish; return the number of failures."""
     files = collect(paths)
     failures: list[tuple[str, str]] = []
     jobs: dict[str, str] = {}  # job id -> filename
-    with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+    with httpx.Client(base_url=url, timeout=TIMEOUT, headers=auth_headers(api_key)) as client:
         for path in files:
             data: dict[str, str] = {"collection": collection}
             if metadata:

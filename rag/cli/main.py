@@ -16,6 +16,7 @@ import httpx
 import typer
 import uvicorn
 
+from rag.cli.http import ApiKeyOption
 from rag.cli.progress import console, stage_progress
 from rag.core.errors import RuntimeSetupError
 from rag.core.runtime.children import child_specs
@@ -104,13 +105,21 @@ def ingest_command(
     collection: Annotated[str, typer.Option(help="Collection to upload into.")] = "default",
     metadata: Annotated[str | None, typer.Option(help="JSON object stored with each file.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 3600.0,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Upload files or folders to a running service and show progress until they are indexed."""
     from rag.cli.ingest import ingest
 
     try:
         extra = json.loads(metadata) if metadata else None
-        failed = ingest(paths, url=url, collection=collection, metadata=extra, timeout=timeout)
+        failed = ingest(
+            paths,
+            url=url,
+            collection=collection,
+            metadata=extra,
+            timeout=timeout,
+            api_key=api_key,
+        )
     except (FileNotFoundError, ValueError, httpx.HTTPError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -202,3 +211,7 @@ app.command()(balancer)
 from rag.cli.ask import ask  # noqa: E402
 
 app.command()(ask)
+
+from rag.cli.keys import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")

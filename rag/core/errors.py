@@ -5,6 +5,8 @@
     │   ├── ValidationFailed      422 validation_error
     │   ├── UnsupportedType       415 unsupported_type
     │   └── PayloadTooLarge       413 payload_too_large
+    ├── Unauthorized              401 unauthorized       (WWW-Authenticate: Bearer)
+    ├── Forbidden                 403 forbidden: the key lacks the scope
     ├── NotFound                  404 not_found
     ├── Conflict                  409 conflict
     ├── RateLimited               429 rate_limited       (Retry-After)
@@ -64,6 +66,16 @@ class UnsupportedType(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     type = "payload_too_large"
+
+
+class Unauthorized(RagError):
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(RagError):
+    status = 403
+    type = "forbidden"
 
 
 class NotFound(RagError):

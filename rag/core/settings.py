@@ -7,10 +7,11 @@ Every setting can be given as an environment variable with the prefix ``RAG_`` (
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.core.pool.settings import PoolSettings
@@ -30,6 +31,26 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port the API listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service and its children's output."
+    )
+
+    # --- API keys (docs/security.md) -----------------------------------------------------------
+    auth: Literal["keys", "open"] = Field(
+        "keys",
+        description="`keys`: every route but /healthz, /readyz and the API docs needs "
+        "`Authorization: Bearer KEY`; `open`: no keys (refused unless host is a loopback "
+        "address).",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="An admin key (32+ characters) added to the key store at start-up; without "
+        "it the first start generates one into data_dir/admin.key (mode 0600).",
+    )
+    auth_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=5,
+        description="Seconds a replica may reuse a key it looked up; a revoked key stops "
+        "working on every replica within this time (0: the store on every request).",
     )
 
     # --- where things live --------------------------------------------------------------------
@@ -200,6 +221,16 @@ class Settings(BaseSettings):
         description="A running job whose progress does not move for this long is stopped and "
         "failed with `stalled`, even while its lease is renewed. 0: never.",
     )
+    ocr: bool = Field(
+        True,
+        description="Recognise PDF pages that have images but no text layer with Tesseract "
+        "(only those pages; needs tesseract-ocr, which `make setup` installs).",
+    )
+    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution pages are OCR'd at.")
+    ocr_language: str = Field(
+        "eng",
+        description="Tesseract language(s) of OCR, e.g. `eng` or `eng+deu` (installed models).",
+    )
     stale_upload_seconds: float = Field(
         3600.0,
         gt=0,
@@ -227,16 +258,6 @@ class Settings(BaseSettings):
     )
     embedding_query_lane: bool = Field(
         True,
-    ocr: bool = Field(
-        True,
-        description="Recognise PDF pages that have images but no text layer with Tesseract "
-        "(only those pages; needs tesseract-ocr, which `make setup` installs).",
-    )
-    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution pages are OCR'd at.")
-    ocr_language: str = Field(
-        "eng",
-        description="Tesseract language(s) of OCR, e.g. `eng` or `eng+deu` (installed models).",
-    )
         description="Embed queries (search, answers, citation checks) on a lane of their own: "
         "their own queue, and their own servers where there are any, never behind ingestion "
         "batches. false: one queue for both (the old path).",
@@ -309,6 +330,19 @@ class Settings(BaseSettings):
     )
     # --- end of evaluation -------------------------------------------------------------------
 
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> Settings:
+        if self.auth == "open" and not is_loopback(self.host):
+            raise ValueError(
+                f"auth=open (no API keys) is for loopback addresses only, not {self.host!r}: "
+                "use auth=keys (the default) to listen there"
+            )
+        return self
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
     @property
     def registry_url(self) -> str:
         if self.database_url:
@@ -318,6 +352,15 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def settings_table(settings_class: type[BaseSettings] = Settings) -> str:

@@ -19,7 +19,7 @@ from ingest.chunking import ChunkingOptions
 from ingest.parsepool import ParsePool, ParsePoolOptions
 from ingest.parsing import ParseLimits
 from ingest.pipeline import IngestOptions, prepare_parse_process
-from ingest.registry import Registry
+from ingest.registry import KeyStore, Registry
 from ingest.worker import Workers
 from rag.answer import AnswerService
 from rag.core.embeddings import Embedder
@@ -33,6 +33,7 @@ from rag.core.runtime.supervisor import Child, ChildSpec, ChildState, Supervisor
 from rag.core.search import Searcher
 from rag.core.settings import Settings
 from rag.core.vectorstore import VectorStore
+from rag.service.keys import Authenticator
 from rag.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Components:
     answers: AnswerService
     supervisor: Supervisor | None
     workers: Workers | None
+    auth: Authenticator  # API keys (the HTTP app bootstraps the admin key)
 
 
 def ingest_options(settings: Settings) -> IngestOptions:
@@ -129,6 +131,11 @@ async def open_components(
 
         registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
         stack.push_async_callback(registry.close)
+        auth = Authenticator(
+            KeyStore(registry.engine),
+            open_mode=settings.auth == "open",
+            cache_seconds=settings.auth_cache_seconds,
+        )
         blobs = BlobStore(settings.data_dir / "blobs")
         # what a crashed process left of its uploads (API and workers alike write there)
         removed = await blobs.remove_stale_temp(settings.stale_upload_seconds)
@@ -180,6 +187,7 @@ async def open_components(
             answers=answers,
             supervisor=supervisor,
             workers=workers,
+            auth=auth,
         )
 
 

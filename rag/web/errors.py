@@ -18,11 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.core.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
     RagError,
     RateLimited,
+    Unauthorized,
     Unavailable,
     UnsupportedType,
     ValidationFailed,
@@ -38,6 +40,8 @@ def error_response(exc: RagError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     elif isinstance(exc, Unavailable | RateLimited):
         headers["Retry-After"] = "1"
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -63,6 +67,8 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     kinds: dict[int, type[RagError]] = {
         400: InvalidRequest,
+        401: Unauthorized,
+        403: Forbidden,
         404: NotFound,
         409: Conflict,
         413: PayloadTooLarge,

@@ -48,6 +48,7 @@ ANSWER_SETTINGS: dict[str, Any] = {
     "answer_top_k": 3,
     "answer_temperature": 0.0,
     "workers": 0,
+    "auth": "open",  # no API keys (loopback only); tests/test_auth.py runs with keys
     "pool": PoolSettings(poll_interval=0.2, buffer_timeout=3.0),
 }
 
