@@ -34,6 +34,7 @@ from rag.core.runtime.children import embedding_args, generation_args
 from rag.core.runtime.prepare import prepare_runtime
 from rag.core.runtime.supervisor import ChildSpec, Supervisor, free_port
 from rag.core.settings import Settings
+from rag.core.vectorstore import backend_of
 from rag.service.components import Components
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
@@ -153,7 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "generation": f"SmolLM2-135M-Instruct Q4_1, -c {base.generation_ctx} "
             f"-np {base.generation_slots} -t {base.llama_threads} --no-repack",
             "embedding": "all-MiniLM-L6-v2 f16",
-            "vector_store": "Qdrant local mode",
+            "vector_store": f"vector store: {backend_of(base)} (RAG_VECTOR_STORE={base.vector_store})",
             "answer_top_k": args.top_k,
             "questions": min(args.questions, len(QUESTIONS)),
             "rounds": args.rounds,

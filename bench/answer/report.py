@@ -54,8 +54,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Ratio of p50s (service / direct): {ttft['ratio_p50']}. Goal: added p50 < 50 ms — "
         f"**{verdict}** ({added} ms). Of the service's own time, retrieval and prompt building "
-        f"take {prepare} ms at p50, of which the vector store's query alone (Qdrant local mode, "
-        f"exact search over {corpus['points']} points, below) takes {store} ms.",
+        f"take {prepare} ms at p50, of which the vector store's query alone ("
+        f"{result['setup']['vector_store']}, {corpus['points']} points, below) takes {store} ms.",
         "",
         "## Search latency",
         "",
