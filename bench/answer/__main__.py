@@ -154,7 +154,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "generation": f"SmolLM2-135M-Instruct Q4_1, -c {base.generation_ctx} "
             f"-np {base.generation_slots} -t {base.llama_threads} --no-repack",
             "embedding": "all-MiniLM-L6-v2 f16",
-            "vector_store": f"vector store: {backend_of(base)} (RAG_VECTOR_STORE={base.vector_store})",
+            "vector_store": (
+                f"vector store: {backend_of(base)} (RAG_VECTOR_STORE={base.vector_store})"
+            ),
             "answer_top_k": args.top_k,
             "questions": min(args.questions, len(QUESTIONS)),
             "rounds": args.rounds,
