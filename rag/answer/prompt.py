@@ -8,6 +8,15 @@ nothing here assumes a particular model (a prompt with fewer UTF-8 bytes than th
 whatever the tokenizer, and is not measured). The budget is the server's real per-slot context
 (``GET /props``: ``default_generation_settings.n_ctx``) minus the tokens reserved for the answer.
 Sources that do not fit are dropped whole, lowest score first; a source is never cut.
+
+Untrusted text stays data: llama-server parses special tokens in a ``/completion`` prompt (it
+must, for the chat template's own), so a question, a filename or a source that spells one
+(``<|im_end|>``) would become a real control token and could forge a chat turn. Before the
+template is applied, :meth:`PromptBuilder.neutraliser` asks the server's tokenizer which control
+tokens those texts spell (tokenized with and without ``parse_special``: a token only the
+first has, whose piece read as plain text is not that token, is a control token) and breaks
+each such string with a WORD JOINER (U+2060) after its first character, so it is tokenized as
+the plain text it is. The sources handed back keep their text.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import functools
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -32,6 +42,15 @@ PROPS_TTL = 30.0
 """Seconds the generation server's context size is cached before /props is asked again."""
 SAFETY_TOKENS = 4
 """Margin for the tokens a chat template or the server may add around the measured prompt."""
+JOINER = "\u2060"
+"""WORD JOINER: invisible, and in no control token, so it breaks one's spelling."""
+NEUTRALISE_ROUNDS = 3
+
+Clean = Callable[[str], str]
+
+
+def unchanged(text: str) -> str:
+    return text
 
 
 class UnknownTemplate(ValueError):
@@ -45,15 +64,19 @@ class Template:
     user: str
     source: str
 
-    def source_block(self, source: Source) -> str:
-        return fill(self.source, n=str(source.n), title=source.title, text=source.result.text)
+    def source_block(self, source: Source, clean: Clean = unchanged) -> str:
+        return fill(
+            self.source, n=str(source.n), title=clean(source.title), text=clean(source.result.text)
+        )
 
-    def messages(self, question: str, sources: list[Source]) -> list[dict[str, str]]:
-        blocks = "\n\n".join(self.source_block(source) for source in sources)
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": fill(self.user, question=question, sources=blocks)},
-        ]
+    def messages(
+        self, question: str, sources: list[Source], clean: Clean = unchanged
+    ) -> list[dict[str, str]]:
+        """The chat messages; ``clean`` is applied to every untrusted text (question, titles,
+        sources), never to the template's own."""
+        blocks = "\n\n".join(self.source_block(source, clean) for source in sources)
+        user = fill(self.user, question=clean(question), sources=blocks)
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
 def fill(template: str, **values: str) -> str:
@@ -149,13 +172,72 @@ class PromptBuilder:
 
     async def count(self, text: str) -> int:
         """Tokens of ``text`` as the server tokenizes a prompt (special tokens added)."""
-        response = await self.pool.request(
-            "POST", "/tokenize", json={"content": text, "add_special": True, "parse_special": True}
-        )
+        return len(await self.tokenize(text, add_special=True, parse_special=True))
+
+    async def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool, with_pieces: bool = False
+    ) -> list[Any]:
+        """The server's tokens of ``text`` (ids, or ``{"id", "piece"}`` with pieces)."""
+        body = {
+            "content": text,
+            "add_special": add_special,
+            "parse_special": parse_special,
+            "with_pieces": with_pieces,
+        }
+        response = await self.pool.request("POST", "/tokenize", json=body)
         tokens = _json(response.content, "/tokenize").get("tokens")
         if not isinstance(tokens, list):
             raise UpstreamFailed("the generation server's /tokenize answer has no tokens")
-        return len(tokens)
+        return tokens
+
+    async def control_strings(self, text: str) -> set[str]:
+        """The control tokens that ``text`` spells, as the served model's tokenizer parses
+        special tokens; plain tokenization never yields one."""
+        if not text:
+            return set()
+        special, plain = await asyncio.gather(
+            self.tokenize(text, add_special=False, parse_special=True, with_pieces=True),
+            self.tokenize(text, add_special=False, parse_special=False),
+        )
+        ordinary = {token for token in plain if isinstance(token, int)}
+        candidates = {
+            token["id"]: token["piece"]
+            for token in special
+            if isinstance(token, dict)
+            and token.get("id") not in ordinary
+            and isinstance(token.get("piece"), str)
+            and token["piece"]
+        }
+        if not candidates:
+            return set()
+        # a split can differ around a control token: a piece is one only if, read as plain
+        # text, it is not that same single token
+        alone = await asyncio.gather(
+            *(
+                self.tokenize(piece, add_special=False, parse_special=False)
+                for piece in candidates.values()
+            )
+        )
+        return {
+            piece
+            for (token, piece), plain_piece in zip(candidates.items(), alone, strict=True)
+            if plain_piece != [token]
+        }
+
+    async def neutraliser(self, texts: list[str]) -> Clean:
+        """A function that breaks every control-token string in ``texts`` (see the module)."""
+        spelled: set[str] = set()
+        joined = "\n".join(texts)
+        for _ in range(NEUTRALISE_ROUNDS):
+            found = await self.control_strings(_break(joined, spelled))
+            if not found - spelled:
+                break
+            spelled |= found
+        else:
+            raise InvalidRequest("the text spells control tokens that cannot be neutralised")
+        if not spelled:
+            return unchanged
+        return functools.partial(_break, spelled=spelled)
 
     async def format(self, messages: list[dict[str, str]]) -> str:
         """The prompt text of ``messages`` in the served model's own chat template."""
@@ -172,15 +254,18 @@ class PromptBuilder:
         for the answer. Raises ``InvalidRequest`` when the question alone does not fit."""
         budget = await self.context_size() - reserve - SAFETY_TOKENS
         sources = [Source(n, result) for n, result in enumerate(results, start=1)]
-        text = await self.format(template.messages(question, sources))
+        clean = await self.neutraliser(
+            [question, *(part for s in sources for part in (s.title, s.result.text))]
+        )
+        text = await self.format(template.messages(question, sources, clean))
         if fits_by_bytes(text, budget):
             return Prompt(text, sources, None, 0)
         tokens = await self.count(text)
         if tokens <= budget:
             return Prompt(text, sources, tokens, 0)
-        keep = await self._estimate_fit(template, question, sources, budget)
+        keep = await self._estimate_fit(template, question, sources, budget, clean)
         while True:
-            text = await self.format(template.messages(question, sources[:keep]))
+            text = await self.format(template.messages(question, sources[:keep], clean))
             tokens = await self.count(text)
             if tokens <= budget:
                 return Prompt(text, sources[:keep], tokens, len(sources) - keep)
@@ -193,14 +278,19 @@ class PromptBuilder:
             keep -= 1
 
     async def _estimate_fit(
-        self, template: Template, question: str, sources: list[Source], budget: int
+        self,
+        template: Template,
+        question: str,
+        sources: list[Source],
+        budget: int,
+        clean: Clean,
     ) -> int:
         """How many of the best sources fit, from the lengths of the parts measured separately
         (one round of concurrent calls); the caller checks the result on the whole prompt."""
-        frame = await self.format(template.messages(question, []))
+        frame = await self.format(template.messages(question, [], clean))
         lengths = await asyncio.gather(
             self.count(frame),
-            *(self.count(template.source_block(source) + "\n\n") for source in sources),
+            *(self.count(template.source_block(source, clean) + "\n\n") for source in sources),
         )
         used, keep = lengths[0], 0
         for length in lengths[1:]:
@@ -209,6 +299,15 @@ class PromptBuilder:
             used += length
             keep += 1
         return keep
+
+
+def _break(text: str, spelled: set[str]) -> str:
+    """``text`` with a WORD JOINER after the first character of each string in ``spelled``
+    (longest first, so that one control token inside another is broken as the longer one)."""
+    for piece in sorted(spelled, key=len, reverse=True):
+        if len(piece) > 1:
+            text = text.replace(piece, piece[0] + JOINER + piece[1:])
+    return text
 
 
 def fits_by_bytes(text: str, budget: int) -> bool:
