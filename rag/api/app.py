@@ -18,6 +18,7 @@ from rag.service.keys import bootstrap_admin_key
 from rag.service.metrics import Metrics
 from rag.service.samples import ingest_samples
 from rag.web.errors import install_error_handlers
+from rag.web.limits import BodyLimitMiddleware
 from rag.web.metrics import HttpMetrics, MetricsMiddleware
 from rag.web.requestid import RequestIdMiddleware
 
@@ -54,6 +55,13 @@ def create_app(
         summary="Retrieval-augmented generation on llama.cpp",
     )
     install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        read_timeout=settings.body_read_timeout,
+        # uploads check their own limit while they stream; multipart framing on top
+        large={("POST", "/v1/documents"): settings.max_upload_bytes + 1024 * 1024},
+    )
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(metrics.registry))
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)

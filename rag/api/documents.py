@@ -36,6 +36,7 @@ async def upload_documents(
         max_bytes=settings.max_upload_bytes,
         max_files=settings.max_files_per_upload,
         head_bytes=SAMPLE_BYTES + 1,  # one byte more tells detection the head is not all
+        max_metadata_bytes=settings.max_metadata_bytes,
     ) as form:
         if not key.may_use(form.collection):
             raise hidden_collection(form.collection)

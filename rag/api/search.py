@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -16,10 +16,20 @@ from rag.core.vectorstore import Retrieval
 router = APIRouter(tags=["retrieval"])
 
 
+MAX_FILTER_VALUES = 100
+"""Values one filter field may list (a long list is one Qdrant condition per value)."""
+
+FilterValue = Annotated[str, Field(max_length=1024)]
+FilterValues = Annotated[list[FilterValue], Field(max_length=MAX_FILTER_VALUES)]
+MetadataValue = Annotated[str, Field(max_length=1024)] | int | bool
+
+
 class FilterBody(BaseModel):
-    document_id: str | list[str] | None = None
-    filename: str | list[str] | None = None
-    metadata: dict[str, str | int | bool] = Field(default_factory=dict)
+    document_id: FilterValue | FilterValues | None = None
+    filename: FilterValue | FilterValues | None = None
+    metadata: dict[Annotated[str, Field(max_length=256)], MetadataValue] = Field(
+        default_factory=dict, max_length=32
+    )
 
     def to_filter(self) -> SearchFilter:
         def listed(value: str | list[str] | None) -> list[str]:

@@ -30,6 +30,7 @@ from rag.core.errors import InvalidRequest, PayloadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 16
+MAX_METADATA_DEPTH = 8
 
 
 @dataclass
@@ -132,7 +133,13 @@ class _StreamingForm:
 
 @asynccontextmanager
 async def read_upload(
-    request: Request, blobs: BlobStore, *, max_bytes: int, max_files: int, head_bytes: int
+    request: Request,
+    blobs: BlobStore,
+    *,
+    max_bytes: int,
+    max_files: int,
+    head_bytes: int,
+    max_metadata_bytes: int = 4096,
 ) -> AsyncIterator[UploadForm]:
     """The parsed upload, its files in temporary blob files; those not committed by the end of
     the block (any error included) are removed."""
@@ -170,7 +177,7 @@ async def read_upload(
         for part in form.parts:
             assert part.writer is not None
             await part.writer.finish()
-        yield _validated(form)
+        yield _validated(form, max_metadata_bytes)
     finally:
         for part in form.parts:
             if part.writer is not None:
@@ -188,7 +195,7 @@ async def _drain(form: _StreamingForm, blobs: BlobStore, max_bytes: int, head_by
     form.pending.clear()
 
 
-def _validated(form: _StreamingForm) -> UploadForm:
+def _validated(form: _StreamingForm, max_metadata_bytes: int) -> UploadForm:
     files = [
         UploadedFile(part.filename or "upload", part.content_type, part.writer)
         for part in form.parts
@@ -201,10 +208,32 @@ def _validated(form: _StreamingForm) -> UploadForm:
     metadata: dict[str, Any] = {}
     raw = fields.get("metadata")
     if raw:
+        if len(raw.encode()) > max_metadata_bytes:
+            raise InvalidRequest(
+                f"metadata is longer than {max_metadata_bytes} bytes", reason="metadata_too_large"
+            )
         try:
             metadata = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequest(f"metadata is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise InvalidRequest("metadata is not valid JSON") from exc
         if not isinstance(metadata, dict):
             raise InvalidRequest("metadata must be a JSON object")
+        if _too_deep(metadata, MAX_METADATA_DEPTH):
+            raise InvalidRequest(
+                f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels",
+                reason="metadata_too_deep",
+            )
     return UploadForm(collection, metadata, files)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether a JSON value nests containers deeper than ``limit`` (without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False

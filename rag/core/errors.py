@@ -8,6 +8,7 @@
     ├── Unauthorized              401 unauthorized       (WWW-Authenticate: Bearer)
     ├── Forbidden                 403 forbidden: the key lacks the scope
     ├── NotFound                  404 not_found
+    ├── RequestTimeout            408 request_timeout: the body stopped arriving
     ├── Conflict                  409 conflict
     ├── RateLimited               429 rate_limited       (Retry-After)
     ├── Unavailable               503 unavailable        (Retry-After)
@@ -81,6 +82,11 @@ class Forbidden(RagError):
 class NotFound(RagError):
     status = 404
     type = "not_found"
+
+
+class RequestTimeout(RagError):
+    status = 408
+    type = "request_timeout"
 
 
 class Conflict(RagError):

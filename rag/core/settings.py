@@ -53,6 +53,28 @@ class Settings(BaseSettings):
         "working on every replica within this time (0: the store on every request).",
     )
 
+    # --- request limits (docs/security.md) ------------------------------------------------
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body of every route but uploads (RAG_MAX_UPLOAD_BYTES): 413.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request head (request line and headers)."
+    )
+    body_read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may pause between two chunks before a 408.",
+    )
+    max_metadata_bytes: int = Field(
+        4096,
+        ge=2,
+        le=65536,
+        description="Largest `metadata` JSON object of an upload (it is copied into every "
+        "chunk's payload), in bytes: 400.",
+    )
+
     # --- where things live --------------------------------------------------------------------
     cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,
