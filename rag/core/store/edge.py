@@ -2,8 +2,8 @@
 
 ``qdrant-edge-py`` holds the GIL through every call and through the whole of ``optimize()``
 (minutes at a million points), so its shards live in a child process (``rag.core.store.host``)
-that this class starts on first use and talks to over a socket pair. Sends run in one thread of
-their own (a large upsert can fill the socket while the store is busy), replies are read by
+that this class starts on first use and talks to over a socket pair. Sends run in a daemon thread
+of their own (a large upsert can fill the socket while the store is busy), replies are read by
 another and matched to their calls by id, so the event loop only ever awaits futures; each call
 has a timeout. If the store process dies, the calls in flight fail with ``StoreUnavailable`` and
 the next call starts a new one, which reopens the shards from their write-ahead logs.
@@ -16,12 +16,12 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -64,12 +64,19 @@ class _Process:
         self.pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         self.lock = threading.Lock()
         self.dead: str | None = None
-        _, status, message = self.conn.recv()  # migration, if any, happens before this
+        try:
+            _, status, message = self.conn.recv()  # migration, if any, happens before this
+        except (EOFError, OSError) as exc:
+            status, message = "error", f"it exited first ({type(exc).__name__}); see its log"
         if status != "ok":
+            self.conn.close()
             self.popen.wait(timeout=30)
             raise StoreUnavailable(f"the store process did not start: {message}", retry_after=5)
         self.reader = threading.Thread(target=self._read, name="store-replies", daemon=True)
         self.reader.start()
+        self.outbox: queue.SimpleQueue[tuple[int, str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._send, name="store-send", daemon=True)
+        self.sender.start()
 
     def _read(self) -> None:
         while True:
@@ -93,10 +100,19 @@ class _Process:
             loop.call_soon_threadsafe(_settle, future, "unavailable", why)
 
     def send(self, request_id: int, method: str, kwargs: dict[str, Any]) -> None:
-        try:
-            self.conn.send((request_id, method, kwargs))
-        except OSError as exc:
-            self._fail_all(f"the store process is gone ({exc})")
+        """Queue a request; the sender thread writes it (a write can wait on a busy store)."""
+        self.outbox.put((request_id, method, kwargs))
+
+    def _send(self) -> None:
+        while (request := self.outbox.get()) is not None:
+            try:
+                self.conn.send(request)
+            except OSError as exc:
+                self._fail_all(f"the store process is gone ({exc})")
+                return
+
+    def stop_sending(self) -> None:
+        self.outbox.put(None)
 
 
 def _settle(future: asyncio.Future[Any], status: str, result: Any) -> None:
@@ -133,7 +149,6 @@ class EdgeBackend(StoreBackend):
         self._ids = itertools.count(1)
         self._process: _Process | None = None
         self._starting: asyncio.Lock | None = None
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-send")
 
     def _args(self) -> list[str]:
         args = [
@@ -168,7 +183,7 @@ class EdgeBackend(StoreBackend):
             if process.dead is not None:
                 raise StoreUnavailable(process.dead, retry_after=2)
             process.pending[request_id] = (loop, future)
-        loop.run_in_executor(self._sender, process.send, request_id, method, kwargs)
+        process.send(request_id, method, kwargs)
         try:
             return await asyncio.wait_for(future, wait or self.timeout)
         except TimeoutError as exc:
@@ -187,7 +202,6 @@ class EdgeBackend(StoreBackend):
                 await self._close_process(process)
         if process is not None:
             await asyncio.to_thread(_reap, process)
-        self._sender.shutdown(wait=False)
 
     async def _close_process(self, process: _Process) -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +209,7 @@ class EdgeBackend(StoreBackend):
         request_id = next(self._ids)
         with process.lock:
             process.pending[request_id] = (loop, future)
-        loop.run_in_executor(self._sender, process.send, request_id, "close", {})
+        process.send(request_id, "close", {})
         await asyncio.wait_for(future, self.timeout)
 
     async def ping(self) -> None:
@@ -266,6 +280,7 @@ class EdgeBackend(StoreBackend):
 
 
 def _reap(process: _Process) -> None:
+    process.stop_sending()
     try:
         process.popen.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -9,7 +9,8 @@ answers one call at a time:
 - request ``(id, method, kwargs)``, reply ``(id, "ok", result)`` or ``(id, kind, message)`` with
   kind ``not_found``, ``invalid`` or ``error``;
 - indexing runs when no call has come for ``--idle`` seconds and points were written since the
-  last run, or at once when ``--batch`` points are waiting (a call that arrives meanwhile waits);
+  last run, or at once when ``--batch`` points are waiting (a call that arrives meanwhile waits),
+  in a thread at nice 10 so that on a busy machine the service's own process runs first;
 - end of input (the service exited) closes the shards and ends the process.
 
 One folder per collection under the root (``rag_<name>``); a shard is opened by one process only
@@ -19,9 +20,13 @@ One folder per collection under the root (``rag_<name>``); a shard is opened by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,8 @@ from rag.core.store.filters import UnsupportedFilter
 from rag.core.store.migrate import migrate_local
 
 log = logging.getLogger("rag.store")
+MAX_POLL = 86_400.0  # the longest wait poll() takes
+INDEXING_NICE = 10
 
 
 class MissingCollection(LookupError):
@@ -107,7 +114,7 @@ class Host:
         started = time.perf_counter()
         for key in [name] if name else [k for k, v in self.dirty.items() if v]:
             if key in self.shards:
-                self.shards[key].optimize()
+                _in_background(self.shards[key].optimize)
             self.dirty[key] = 0
         return time.perf_counter() - started
 
@@ -117,9 +124,34 @@ class Host:
         self.shards.clear()
 
 
+def _in_background(work: Callable[[], object]) -> None:
+    """Run ``work`` in a thread at a lower CPU priority and wait for it.
+
+    The indexing threads Qdrant Edge starts inherit that priority, so on a busy machine the OS
+    runs the service (its event loop) before them; nothing else runs here meanwhile anyway (the
+    call holds the GIL). Lowering the priority is best effort.
+    """
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INDEXING_NICE)
+        try:
+            work()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="store-indexing")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 def serve(conn: Connection, host: Host, *, idle: float, batch: int) -> None:
     while True:
-        if not conn.poll(idle if any(host.dirty.values()) else None):
+        if not conn.poll(min(idle, MAX_POLL) if any(host.dirty.values()) else None):
             took = host.optimize()
             log.info("indexed pending points in %.1f s", took)
             continue
@@ -142,7 +174,7 @@ def _answer(host: Host, request_id: int, method: str, kwargs: dict[str, Any]) ->
         return (request_id, "ok", getattr(host, method)(**kwargs))
     except MissingCollection as exc:
         return (request_id, "not_found", str(exc))
-    except (UnsupportedFilter, ValueError, TypeError) as exc:
+    except UnsupportedFilter as exc:
         return (request_id, "invalid", str(exc))
     except Exception as exc:
         log.exception("store call %s failed", method)

@@ -1,0 +1,91 @@
+"""The vector store at 10k, 100k and 1M chunks: the embedded store against local mode.
+
+    .venv/bin/python -m bench.store [--sizes 10000,100000] [--baseline-size 10000]
+                                    [--source DATA_DIR_OF_A_RAG_EVAL_RUN]
+
+Each size gets a fresh embedded store (Qdrant Edge in its store process) and, at
+``--baseline-size`` only, qdrant-client local mode on the same points in the same run (local mode
+does not load 100k points in reasonable time). Through ``VectorStore``, as the service calls it:
+upserts in batches of 256 (ms per point), indexing (``optimize``), 300 SciFact test queries
+each dense, filtered on five documents, sparse (BM25) and hybrid (RRF), recall@10 of dense
+against exact search (numpy), deleting 20 documents one by one, reopening until the first answer,
+the RSS of the process that holds the data, and the longest stall of the event loop in every
+phase (an asyncio ticker every 5 ms). Points: bench/store/data.py. Results are merged by size
+into docs/benchmarks/store.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.store import data, report
+from bench.store.measure import measure
+
+
+def _log(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, file=sys.stderr, flush=True)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{os.cpu_count()} cores, {model}, {python}"
+
+
+async def run(sizes: list[int], baseline: int, source: Path | None) -> dict[str, Any]:
+    base = await data.load(source)
+    command = f".venv/bin/python -m bench.store --sizes {','.join(map(str, sizes))}"
+    result: dict[str, Any] = {
+        "benchmark": "store",
+        "method": data.__doc__.strip().split("\n\n", 1)[1].replace("\n", " ")
+        if data.__doc__
+        else "",
+        "sizes": {},
+    }
+    for size in sizes:
+        _log(f"{size} points")
+        corpus = data.Corpus(base, size)
+        entry: dict[str, Any] = {
+            "command": command, "machine": _machine(),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="rag-bench-store-") as tmp:
+            entry["edge"] = await measure(
+                "edge", corpus, base.query_vectors, base.query_texts, Path(tmp) / "edge", _log
+            )
+            if size == baseline:
+                entry["local"] = await measure(
+                    "local", corpus, base.query_vectors, base.query_texts, Path(tmp) / "local", _log
+                )
+                entry["ratio_edge_to_local"] = report.ratios(entry["edge"], entry["local"])
+        entry["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        result["sizes"][str(size)] = entry
+        report.write(report.merge(result))  # after each size: a later failure keeps this one
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.store")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--baseline-size", type=int, default=10_000)
+    parser.add_argument("--source", type=Path, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    asyncio.run(run(sizes, args.baseline_size, args.source))
+    _log(f"wrote {report.OUT / 'store.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""One backend at one size: upserts, indexing, searches, recall, deletes, reopen, memory, and the
+event loop's longest stall in each phase, all through ``VectorStore`` as the service calls it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import models
+
+from bench.store.data import Corpus
+from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
+from rag.core.store.edge import EdgeBackend
+from rag.core.vectorstore import Backend, VectorStore, point_id
+
+COLLECTION = "bench"
+UPSERT_BATCH = 256
+TOP_K = 10
+WARMUP = 10
+DELETES = 20
+FILTER_DOCUMENTS = 5
+IDLE_SECONDS = 5.0
+
+
+REFERENCE = """
+import sys, time
+out = open(sys.argv[1], "a", buffering=1)
+while True:
+    before = time.perf_counter()
+    time.sleep(0.005)
+    late = time.perf_counter() - before - 0.005
+    if late > 0.01:
+        out.write(f"{time.time()} {late}\\n")
+"""
+
+
+class Ticker:
+    """An asyncio task that wakes every ``interval`` s and records how late each wake-up was.
+
+    On a loaded machine the lateness also holds the time the OS did not run this process at all,
+    so a reference process beside it does nothing but the same ticking (``REFERENCE``): each
+    phase reports the longest stall of both in the same window (``machine_max_ms``); a stall the
+    reference shows too is the machine's, not the event loop's."""
+
+    def __init__(self, folder: Path, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.late: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+        self._log = folder / "reference-ticker.log"
+        self._reference: subprocess.Popen[bytes] | None = None
+        self._since = time.time()
+        self.gc_worst = 0.0
+        self._gc_started = 0.0
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.late.append(time.perf_counter() - before - self.interval)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_worst = max(self.gc_worst, time.perf_counter() - self._gc_started)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._gc)  # a collection stops the loop too: say how long
+        self._log.parent.mkdir(parents=True, exist_ok=True)
+        self._log.touch()
+        self._reference = subprocess.Popen([sys.executable, "-c", REFERENCE, str(self._log)])
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _machine_max(self, since: float, until: float) -> float:
+        worst = 0.0
+        for line in self._log.read_text().splitlines():
+            at, late = (float(x) for x in line.split())
+            if since <= at <= until:
+                worst = max(worst, late)
+        return round(worst * 1000, 1)
+
+    async def take(self) -> dict[str, float]:
+        """The longest and the 99th-percentile stall (ms) since the last take, and the
+        reference process's longest in the same window."""
+        await asyncio.sleep(self.interval * 2)  # let a stall at the very end be seen
+        late, self.late = sorted(self.late) or [0.0], []
+        p99 = late[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
+        since, self._since = self._since, time.time()
+        gc_worst, self.gc_worst = self.gc_worst, 0.0
+        return {
+            "max_ms": round(late[-1] * 1000, 1),
+            "p99_ms": round(p99 * 1000, 1),
+            "machine_max_ms": self._machine_max(since, self._since),
+            "gc_max_ms": round(gc_worst * 1000, 1),
+        }
+
+    async def stop(self) -> None:
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+        if self._task is not None:
+            self._task.cancel()
+        if self._reference is not None:
+            self._reference.kill()
+            self._reference.wait()
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return {
+        "rss_mb": out.get("VmRSS", 0.0),
+        "peak_rss_mb": out.get("VmHWM", 0.0),
+        "anonymous_rss_mb": out.get("RssAnon", 0.0),  # the rest is mapped files (page cache)
+    }
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(p99 * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+async def _timed(calls: list[Callable[[], Awaitable[Any]]]) -> tuple[list[float], list[Any]]:
+    seconds, results = [], []
+    for call in calls:
+        started = time.perf_counter()
+        results.append(await call())
+        seconds.append(time.perf_counter() - started)
+    return seconds, results
+
+
+def _deleter(store: VectorStore, document_id: str) -> Callable[[], Awaitable[None]]:
+    return lambda: store.delete_document(COLLECTION, document_id)
+
+
+def _ids(corpus: Corpus) -> dict[str, int]:
+    return {point_id(corpus.document_id(i), corpus.chunk_index(i)): i for i in range(corpus.size)}
+
+
+def exact_top(corpus: Corpus, queries: np.ndarray, k: int = TOP_K) -> list[list[int]]:
+    vectors = corpus.vectors()
+    tops = []
+    for start in range(0, len(queries), 32):
+        scores = queries[start : start + 32] @ vectors.T
+        part = np.argpartition(-scores, k, axis=1)[:, :k]
+        for row, cand in zip(scores, part, strict=True):
+            tops.append([int(i) for i in cand[np.argsort(-row[cand])]])
+    return tops
+
+
+def open_store(backend: Backend, path: Path) -> VectorStore:
+    store = VectorStore.open(
+        url=None, path=str(path), timeout=600, dimensions=EMBEDDING_DIMENSIONS, backend=backend
+    )
+    if isinstance(store.backend, EdgeBackend):  # the benchmark indexes when it says so
+        store.backend.idle_seconds = 1e9
+        store.backend.batch_points = 1 << 40
+    return store
+
+
+def _store_pid(store: VectorStore) -> int:
+    backend = store.backend
+    if isinstance(backend, EdgeBackend) and backend._process is not None:
+        return backend._process.popen.pid
+    return os.getpid()  # local mode lives in this process
+
+
+async def measure(
+    backend: Backend, corpus: Corpus, queries: np.ndarray, texts: list[str], path: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    result: dict[str, Any] = {"backend": backend, "points": corpus.size}
+    rss_before = _rss_mb(os.getpid())["rss_mb"]
+    ticker = Ticker(path.parent)
+    ticker.start()
+    await ticker.take()
+    await asyncio.sleep(IDLE_SECONDS)
+    result["stall_idle"] = await ticker.take()  # nothing but the ticker: the machine's floor
+    store = open_store(backend, path)
+    try:
+        await store.ensure_collection(COLLECTION)
+        await ticker.take()
+        upsert_s = 0.0
+        batches = corpus.batches(UPSERT_BATCH)
+        n = 0
+        # the points are made in a thread (the benchmark's own work stays off the loop), and
+        # only the upserts are timed
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            started = time.perf_counter()
+            await store.upsert(COLLECTION, batch)
+            upsert_s += time.perf_counter() - started
+            if n % 400 == 0:
+                log(f"  {backend} upserted {n * UPSERT_BATCH}/{corpus.size}")
+            n += 1
+        result["upsert_ms_per_point"] = round(upsert_s / corpus.size * 1000, 4)
+        result["upsert_seconds"] = round(upsert_s, 1)
+        result["stall_upsert"] = await ticker.take()
+        log(f"  {backend} upserts: {result['upsert_ms_per_point']} ms/point")
+
+        started = time.perf_counter()
+        await store.optimize()
+        index_s = time.perf_counter() - started
+        result["index_seconds"] = round(index_s, 1)
+        result["index_ms_per_point"] = round(index_s / corpus.size * 1000, 4)
+        result["stall_index"] = await ticker.take()
+        if isinstance(store.backend, EdgeBackend):
+            result["shard"] = await store.backend.call("info", name=f"rag_{COLLECTION}")
+        log(f"  {backend} indexing: {result['index_seconds']} s")
+
+        assert await store.count(COLLECTION) == corpus.size
+        rng = np.random.default_rng(3)
+        real_docs = sorted({corpus.document_id(i) for i in range(corpus.real)})
+
+        def doc_filter() -> models.Filter:
+            picked = [str(d) for d in rng.choice(real_docs, size=FILTER_DOCUMENTS, replace=False)]
+            match = models.MatchAny(any=picked)
+            return models.Filter(must=[models.FieldCondition(key="document_id", match=match)])
+
+        def search(kind: str, i: int) -> Callable[[], Awaitable[Any]]:
+            vector = queries[i % len(queries)].tolist()
+            text = texts[i % len(texts)]
+            flt = doc_filter() if kind == "filtered" else None
+            retrieval = "dense" if kind == "filtered" else kind
+            return lambda: store.search(
+                COLLECTION, vector=vector, text=text, top_k=TOP_K, filter=flt,
+                retrieval=retrieval,  # type: ignore[arg-type]
+            )  # fmt: skip
+
+        stalls = []
+        for kind in ("dense", "filtered", "sparse", "hybrid"):
+            await _timed([search(kind, i) for i in range(WARMUP)])
+            calls = [search(kind, i) for i in range(len(queries))]
+            await ticker.take()  # only the searches themselves
+            seconds, answers = await _timed(calls)
+            stalls.append(await ticker.take())
+            result[kind] = {**_percentiles(seconds), "stall": stalls[-1]}
+            if kind == "dense":
+                dense_answers = answers
+            log(f"  {backend} {kind}: {result[kind]}")
+        result["stall_search"] = {
+            key: max(stall[key] for stall in stalls) for key in stalls[0]
+        }  # the worst of the four kinds
+
+        ids = await asyncio.to_thread(_ids, corpus)
+        exact = await asyncio.to_thread(exact_top, corpus, queries)
+        found = [
+            len({ids[h.id] for h in hits} & set(truth)) / TOP_K
+            for hits, truth in zip(dense_answers, exact, strict=True)
+        ]
+        result["recall_at_10"] = round(float(np.mean(found)), 4)
+        log(f"  {backend} recall@10: {result['recall_at_10']}")
+
+        doomed = [str(d) for d in rng.choice(real_docs, size=DELETES, replace=False)]
+        await ticker.take()  # not the store's: the exact search above ran in this process
+        seconds, _ = await _timed([_deleter(store, d) for d in doomed])
+        result["delete_document"] = _percentiles(seconds)
+        assert await store.count(COLLECTION, doomed[0]) == 0
+        result["stall_delete"] = await ticker.take()
+        result["memory"] = _rss_mb(_store_pid(store))
+        if backend == "local":
+            result["memory"]["rss_mb_added"] = round(result["memory"]["rss_mb"] - rss_before, 1)
+    finally:
+        await store.close()
+
+    started = time.perf_counter()
+    store = open_store(backend, path)
+    try:
+        await store.search(COLLECTION, vector=queries[0].tolist(), text="", top_k=TOP_K)
+        result["reopen_seconds"] = round(time.perf_counter() - started, 2)
+        result["stall_reopen"] = await ticker.take()
+        result["memory_after_reopen"] = _rss_mb(_store_pid(store))
+    finally:
+        await store.close()
+        await ticker.stop()
+    log(f"  {backend} reopen: {result['reopen_seconds']} s")
+    return result

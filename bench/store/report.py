@@ -1,0 +1,141 @@
+"""docs/benchmarks/store.{json,md,png}: each size's figures, goals, and ratios to local mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "benchmarks"
+GOALS = {
+    "dense p99": "<= 20 ms at 1M",
+    "filtered p99": "<= 20 ms at 1M",
+    "hybrid p99": "<= 30 ms at 1M",
+    "recall@10": ">= 0.95",
+    "delete one document": "<= 50 ms",
+    "reopen": "<= 5 s",
+    "event-loop stall": "<= 50 ms in every phase",
+    "upsert per point": "flat within ±25% from 10k to 1M",
+}
+RATIO_KEYS = [
+    ("upsert_ms_per_point", None), ("dense", "p99_ms"), ("filtered", "p99_ms"),
+    ("sparse", "p99_ms"), ("hybrid", "p99_ms"), ("delete_document", "p50_ms"),
+    ("reopen_seconds", None),
+]  # fmt: skip
+
+
+def _get(run: dict[str, Any], key: str, sub: str | None) -> float:
+    value = run[key]
+    return float(value[sub] if sub else value)
+
+
+def ratios(edge: dict[str, Any], local: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, sub in RATIO_KEYS:
+        base = _get(local, key, sub)
+        out[f"{key}{'.' + sub if sub else ''}"] = (
+            round(_get(edge, key, sub) / base, 4) if base else 0.0
+        )
+    return out
+
+
+def merge(result: dict[str, Any]) -> dict[str, Any]:
+    """Keep the sizes measured in earlier runs that this run did not measure again."""
+    path = OUT / "store.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        for size, entry in old.get("sizes", {}).items():
+            result["sizes"].setdefault(size, entry)
+    result["sizes"] = dict(sorted(result["sizes"].items(), key=lambda kv: int(kv[0])))
+    return result
+
+
+def _row(size: str, run: dict[str, Any]) -> str:
+    stall = max(run[k]["max_ms"] for k in run if k.startswith("stall_") and k != "stall_idle")
+    p99 = max(run[k]["p99_ms"] for k in run if k.startswith("stall_") and k != "stall_idle")
+    machine = max(
+        run[k].get("machine_max_ms", 0) for k in run if k.startswith("stall_") and k != "stall_idle"
+    )
+    return (
+        f"| {int(size):,} | {run['backend']} | {run['upsert_ms_per_point']:.4f} | "
+        f"{run['index_seconds']} | {run['dense']['p50_ms']} / {run['dense']['p99_ms']} | "
+        f"{run['filtered']['p50_ms']} / {run['filtered']['p99_ms']} | "
+        f"{run['sparse']['p50_ms']} / {run['sparse']['p99_ms']} | "
+        f"{run['hybrid']['p50_ms']} / {run['hybrid']['p99_ms']} | {run['recall_at_10']} | "
+        f"{run['delete_document']['p50_ms']} / {run['delete_document']['max_ms']} | "
+        f"{run['reopen_seconds']} | {stall} / {p99} | {machine} | "
+        f"{run['memory']['rss_mb']:,.0f} |"
+    )
+
+
+def write(result: dict[str, Any]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "store.json").write_text(json.dumps(result, indent=2) + "\n")
+    header = (
+        "| points | backend | upsert ms/point | indexing s | dense p50 / p99 ms | "
+        "filtered p50 / p99 | sparse p50 / p99 | hybrid p50 / p99 | recall@10 | "
+        "delete doc p50 / max ms | reopen s | loop stall max / p99 ms | reference max ms | "
+        "store RSS MB |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    rows, ratio_rows = [], []
+    for size, entry in result["sizes"].items():
+        rows.append(_row(size, entry["edge"]))
+        if "local" in entry:
+            rows.append(_row(size, entry["local"]))
+            ratio_rows.append(
+                f"| {int(size):,} | "
+                + " | ".join(f"x{v}" for v in entry["ratio_edge_to_local"].values())
+                + " |"
+            )
+    ratio_head = (
+        "| points | upsert/point | dense p99 | filtered p99 | sparse p99 | hybrid p99 | "
+        "delete p50 | reopen |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    goals = "\n".join(f"- {k}: {v}" for k, v in GOALS.items())
+    runs = "\n".join(
+        f"- {int(size):,} points: `{entry['command']}` at {entry['date_utc']}, load average "
+        f"{entry['load_average']} ({entry['machine']})"
+        for size, entry in result["sizes"].items()
+    )
+    (OUT / "store.md").write_text(
+        "# Vector store: the embedded Qdrant Edge store against qdrant-client local mode\n\n"
+        f"{result['method']}\n\n{header}\n" + "\n".join(rows) + "\n\n"
+        "Ratios edge / local mode in the same run (below 1: the embedded store is faster):\n\n"
+        f"{ratio_head}\n" + "\n".join(ratio_rows) + "\n\n"
+        f"Goals (issue 16):\n\n{goals}\n\nRuns:\n\n{runs}\n"
+    )
+    _plot(result)
+
+
+def _plot(result: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    sizes = list(result["sizes"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind in ("dense", "filtered", "sparse", "hybrid"):
+        p99 = [result["sizes"][s]["edge"][kind]["p99_ms"] for s in sizes]
+        left.plot([int(s) for s in sizes], p99, marker="o", label=f"edge {kind}")
+    for size in sizes:
+        if "local" in result["sizes"][size]:
+            local = result["sizes"][size]["local"]
+            for kind, mark in (("dense", "x"), ("sparse", "s")):
+                left.scatter([int(size)], [local[kind]["p99_ms"]], marker=mark,
+                             label=f"local mode {kind}")  # fmt: skip
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("points")
+    left.set_ylabel("top-10 p99 (ms)")
+    left.legend(fontsize=7)
+    upserts = [result["sizes"][s]["edge"]["upsert_ms_per_point"] for s in sizes]
+    right.bar([f"{int(s):,}" for s in sizes], upserts, label="edge upsert")
+    right.set_ylabel("upsert ms per point")
+    right.set_title("upsert cost per point (edge)")
+    fig.tight_layout()
+    fig.savefig(OUT / "store.png", dpi=120)
