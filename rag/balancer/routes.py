@@ -81,4 +81,7 @@ async def metrics(request: Request) -> Response:
     urls = [u["url"] for u in pool.status()["upstreams"] if u["state"] == "healthy"]
     upstreams, headers = await upstream_metrics(pool.http, urls, pool.poll_headers)
     body = generate_latest(registry.registry) + upstreams.encode()
-    return Response(body, media_type=CONTENT_TYPE_LATEST, headers=headers)
+    response = Response(body, media_type=CONTENT_TYPE_LATEST)
+    # spelled as llama-server spells it (Starlette would write it in lower case)
+    response.raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+    return response

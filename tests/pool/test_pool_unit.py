@@ -205,8 +205,11 @@ async def test_4xx_is_passed_on_and_5xx_fails_over(fakes: dict[str, FakeLlama]) 
             answer = await pool.request("POST", "/completion", json={})
             assert answer.status_code == 200
         fakes["http://b"].status = 500
-        with pytest.raises(UpstreamFailed):
+        with pytest.raises(UpstreamFailed) as failed:
             await pool.request("POST", "/completion", json={})
+        # every upstream answered 500: the last answer is passed on, not turned into a 502
+        assert isinstance(failed.value, UpstreamRejected)
+        assert failed.value.upstream_status == 500
     finally:
         await pool.stop()
         await pool.http.aclose()

@@ -205,8 +205,11 @@ class Pool:
             budget = token_budget(json)
         tried: set[str] = set()
         last: str = "no upstream answered"
+        answered: UpstreamRejected | None = None  # the last upstream's own 5xx answer
         while True:
             if tried and tried.issuperset(self.scheduler.urls()):
+                if answered is not None:  # every upstream answered 5xx: pass the last one on
+                    raise answered  # (llama-server's own 500 for a bad request, not a 502)
                 raise UpstreamFailed(f"every upstream of pool {self.name} failed: {last}")
             lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget)
             upstream = lease.upstream
@@ -223,6 +226,7 @@ class Pool:
                     await response.aclose()
                 self.scheduler.release(lease)
                 last = f"{type(exc).__name__} from {upstream.url}"
+                answered = None
                 if isinstance(exc, _CONNECT_ERRORS):
                     upstream.quarantined_until = time.monotonic() + self.quarantine
                 self._failed(upstream, type(exc).__name__, last)
@@ -279,6 +283,9 @@ class Pool:
                     status, body, response.headers.get("content-type"), response.headers.raw
                 )
             last = f"HTTP {status} from {upstream.url}"
+            answered = UpstreamRejected(
+                status, body, response.headers.get("content-type"), response.headers.raw
+            )
             if status == 503:
                 upstream.state = UpstreamState.LOADING
             self._failed(upstream, f"http_{status}", last)
