@@ -45,6 +45,7 @@ async def _key(request: Request, components: ComponentsDep) -> ApiKey:
     key = await auth.authenticate(token)
     if key is None:
         raise Unauthorized("invalid or revoked API key")
+    auth.rates.charge(key.id, key.name)  # 429 quota_exceeded past the key's rate
     request.state.api_key = key
     return key
 

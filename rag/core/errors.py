@@ -11,6 +11,7 @@
     ├── RequestTimeout            408 request_timeout: the body stopped arriving
     ├── Conflict                  409 conflict
     ├── RateLimited               429 rate_limited       (Retry-After)
+    │   └── QuotaExceeded         429 quota_exceeded: a key past its rate (Retry-After)
     ├── Unavailable               503 unavailable        (Retry-After)
     │   ├── UpstreamUnavailable   503 upstream_unavailable: no llama.cpp server can take it
     │   └── StoreUnavailable      503 store_unavailable: Qdrant or the registry is unreachable
@@ -97,6 +98,10 @@ class Conflict(RagError):
 class RateLimited(RagError):
     status = 429
     type = "rate_limited"
+
+
+class QuotaExceeded(RateLimited):
+    type = "quota_exceeded"
 
 
 class Unavailable(RagError):

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         "working on every replica within this time (0: the store on every request).",
     )
 
+    key_rate_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Requests a minute each API key may make on each replica (in bursts of as "
+        "many); past it 429 `quota_exceeded` with Retry-After. 0: no limit.",
+    )
+
     # --- request limits (docs/security.md) ------------------------------------------------
     max_body_bytes: int = Field(
         1024 * 1024,

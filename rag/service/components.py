@@ -135,6 +135,7 @@ async def open_components(
             KeyStore(registry.engine),
             open_mode=settings.auth == "open",
             cache_seconds=settings.auth_cache_seconds,
+            rate_per_minute=settings.key_rate_per_minute,
         )
         blobs = BlobStore(settings.data_dir / "blobs")
         # what a crashed process left of its uploads (API and workers alike write there)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ingest.registry import ApiKey, KeyStore
 from rag.core.settings import Settings
+from rag.service.quotas import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,12 @@ class Authenticator:
         *,
         open_mode: bool,
         cache_seconds: float,
+        rate_per_minute: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.open_mode = open_mode
+        self.rates = RateLimiter(rate_per_minute)
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey]] = {}
