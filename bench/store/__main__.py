@@ -81,7 +81,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--baseline-size", type=int, default=10_000)
     parser.add_argument("--source", type=Path, default=None)
+    parser.add_argument(
+        "--quality", nargs=2, type=Path, metavar=("LOCAL_RUNS", "EDGE_RUNS"), default=None,
+        help="only record nDCG@10 of rag eval reports of local mode and of the embedded store",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.quality:
+        result: dict[str, Any] = {"benchmark": "store", "method": "", "sizes": {}}
+        result = report.merge(result)
+        result["retrieval_quality"] = report.quality(*args.quality)
+        report.write(result)
+        _log(f"wrote {report.OUT / 'store.md'}")
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     asyncio.run(run(sizes, args.baseline_size, args.source))
     _log(f"wrote {report.OUT / 'store.md'}")
