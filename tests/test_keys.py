@@ -1,16 +1,18 @@
-"""The API key store on a real SQLite file and the real PostgreSQL (its own schema), and the
-admin key bootstrap."""
+"""The API key store and the usage store on a real SQLite file and the real PostgreSQL (its own
+schema), and the admin key bootstrap."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from ingest.registry import KeyStore, Registry
+from ingest.registry import KeyStore, Registry, UsageStore
 from ingest.registry.keys import hash_token
 from ingest.registry.tables import api_keys
 from ingest.registry.testing import ScratchDatabase, clear, scratch_database
@@ -154,3 +156,22 @@ def test_open_mode_is_refused_off_loopback() -> None:
     for host in ["0.0.0.0", "::", "10.1.2.3", "example.org"]:
         with pytest.raises(ValueError, match="loopback"):
             Settings(auth="open", host=host, _env_file=None)  # type: ignore[call-arg]
+
+
+async def test_usage_rows_add_up_per_key_collection_and_day(db: ScratchDatabase) -> None:
+    await clear(db.engine)
+    store = UsageStore(db.engine)
+    await asyncio.gather(
+        *(
+            store.record(key_id="a", key_name="team-a", collection="docs",
+                         prompt_tokens=10, completion_tokens=n)
+            for n in range(20)
+        )
+    )  # fmt: skip
+    await store.record(
+        key_id="b", key_name="team-b", collection="docs", prompt_tokens=5, completion_tokens=1
+    )
+    (row,) = await store.totals(key_id="a")
+    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (20, 200, sum(range(20)))
+    assert {r.key_name for r in await store.totals()} == {"team-a", "team-b"}
+    assert await store.totals(since=date(2999, 1, 1)) == []

@@ -86,7 +86,7 @@ async def test_migrate_twice_is_a_noop(db: ScratchDatabase) -> None:
     await migrate(db.engine)
     await migrate(db.url, schema=db.schema)
     async with db.engine.connect() as conn:
-        assert await conn.run_sync(current_revision) == "0002"
+        assert await conn.run_sync(current_revision) == "0003"
         names = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
     assert {"documents", "jobs", "alembic_version"} <= names
 
@@ -110,7 +110,7 @@ async def test_concurrent_migrations_of_a_fresh_database(
             await conn.exec_driver_sql("DROP TABLE alembic_version")
         await asyncio.gather(*(migrate(url, schema=database.schema) for _ in range(3)))
         async with database.engine.connect() as conn:
-            assert await conn.run_sync(current_revision) == "0002"
+            assert await conn.run_sync(current_revision) == "0003"
 
 
 # --- adding -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ingest.registry.records import (
     document_id,
 )
 from ingest.registry.registry import UNSET, Registry
+from ingest.registry.usage import UsageRow, UsageStore
 
 __all__ = [
     "LEASE_EXPIRED",
@@ -45,6 +46,8 @@ __all__ = [
     "Registry",
     "RegistryUnavailable",
     "Scope",
+    "UsageRow",
+    "UsageStore",
     "backoff_delay",
     "create_registry_engine",
     "document_id",

@@ -130,3 +130,15 @@ api_keys = Table(
     UniqueConstraint("key_hash"),
     Index(None, "name"),
 )
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("key_id", String(32), primary_key=True),
+    Column("key_name", String(128), nullable=False),
+    Column("collection", String(255), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+)

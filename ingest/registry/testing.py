@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ingest.registry.engine import create_registry_engine, writer
 from ingest.registry.migrate import migrate
-from ingest.registry.tables import api_keys, documents, jobs
+from ingest.registry.tables import api_keys, documents, jobs, usage
 
 PROBE_SECONDS = 3.0
 ENABLE_POSTGRES = (
@@ -85,6 +85,7 @@ async def clear(engine: AsyncEngine) -> None:
     """Delete every job, document and API key."""
     async with writer(engine).begin() as conn:
         await conn.execute(delete(api_keys))
+        await conn.execute(delete(usage))
         await conn.execute(delete(jobs))
         await conn.execute(delete(documents))
 

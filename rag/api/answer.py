@@ -11,7 +11,8 @@ stops the generation and frees the slot.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,14 +21,16 @@ from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from ingest.registry import ApiKey, UsageStore
 from rag.answer import Question
 from rag.answer.service import Event
 from rag.api.auth import ReadKey, hidden_collection, usable_collection
-from rag.api.deps import AnswersDep
+from rag.api.deps import AnswersDep, ComponentsDep
 from rag.api.search import FilterBody
-from rag.core.errors import NotFound
+from rag.core.errors import NotFound, RagError
 
 router = APIRouter(tags=["retrieval"])
+log = logging.getLogger(__name__)
 
 
 class AnswerBody(BaseModel):
@@ -74,7 +77,9 @@ def format_event(name: str, data: dict[str, Any]) -> bytes:
     summary="Answer a question from the collection's documents",
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def answer(body: AnswerBody, service: AnswersDep, key: ReadKey) -> Response:
+async def answer(
+    body: AnswerBody, service: AnswersDep, key: ReadKey, components: ComponentsDep
+) -> Response:
     question = Question(
         text=body.question,
         collection=usable_collection(key, body.collection),
@@ -85,14 +90,44 @@ async def answer(body: AnswerBody, service: AnswersDep, key: ReadKey) -> Respons
         prepared = await service.prepare(question)
     except NotFound as exc:  # one wording, whichever store: as for a collection the key lacks
         raise hidden_collection(question.collection) from exc
+    usage = components.usage
     if not body.stream:
-        return JSONResponse(await service.answer(prepared))
+        final = await service.answer(prepared)
+        await record_usage(usage, key, question.collection, final)
+        return JSONResponse(final)
     stream = await service.open(prepared)
     events = service.events(prepared, stream)
 
+    async def counted() -> AsyncGenerator[Event]:
+        async for name, data in events:
+            if name == "answer":
+                await record_usage(usage, key, question.collection, data)
+            yield name, data
+
+    recorded = counted()
+
     async def cleanup() -> None:
+        await recorded.aclose()
         await events.aclose()
         if stream is not None:
             await stream.aclose()
 
-    return EventStreamResponse(events, cleanup)
+    return EventStreamResponse(recorded, cleanup)
+
+
+async def record_usage(
+    usage: UsageStore, key: ApiKey, collection: str, final: dict[str, Any]
+) -> None:
+    """Add the answer's tokens (llama-server's own counts) to the key's usage; a registry
+    outage loses this count, never the answer."""
+    counts = final.get("usage") or {}
+    try:
+        await usage.record(
+            key_id=key.id,
+            key_name=key.name,
+            collection=collection,
+            prompt_tokens=int(counts.get("prompt_tokens", 0)),
+            completion_tokens=int(counts.get("completion_tokens", 0)),
+        )
+    except RagError as exc:
+        log.warning("usage of key %s not recorded: %s", key.name, exc.message)

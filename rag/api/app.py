@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from rag.api import answer, documents, health, keys, search
+from rag.api import answer, documents, health, keys, search, usage
 from rag.core.settings import Settings, is_loopback
 from rag.service.components import Components, EmbeddedRuntime, open_components
 from rag.service.keys import bootstrap_admin_key
@@ -69,6 +69,7 @@ def create_app(
     app.include_router(search.router)
     app.include_router(answer.router)
     app.include_router(keys.router)
+    app.include_router(usage.router)
     return app
 
 

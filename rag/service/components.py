@@ -19,7 +19,7 @@ from ingest.chunking import ChunkingOptions
 from ingest.parsepool import ParsePool, ParsePoolOptions
 from ingest.parsing import ParseLimits
 from ingest.pipeline import IngestOptions, prepare_parse_process
-from ingest.registry import KeyStore, Registry
+from ingest.registry import KeyStore, Registry, UsageStore
 from ingest.worker import Workers
 from rag.answer import AnswerService
 from rag.core.embeddings import Embedder
@@ -67,6 +67,7 @@ class Components:
     supervisor: Supervisor | None
     workers: Workers | None
     auth: Authenticator  # API keys (the HTTP app bootstraps the admin key)
+    usage: UsageStore  # tokens per key, collection and day
 
 
 def ingest_options(settings: Settings) -> IngestOptions:
@@ -189,6 +190,7 @@ async def open_components(
             supervisor=supervisor,
             workers=workers,
             auth=auth,
+            usage=UsageStore(registry.engine),
         )
 
 
