@@ -152,8 +152,8 @@ def _in_background(work: Callable[[], object]) -> None:
 def serve(conn: Connection, host: Host, *, idle: float, batch: int) -> None:
     while True:
         if not conn.poll(min(idle, MAX_POLL) if any(host.dirty.values()) else None):
-            took = host.optimize()
-            log.info("indexed pending points in %.1f s", took)
+            waiting = sum(host.dirty.values())
+            log.info("indexed %d points (idle) in %.1f s", waiting, host.optimize())
             continue
         try:
             request_id, method, kwargs = conn.recv()
@@ -165,7 +165,9 @@ def serve(conn: Connection, host: Host, *, idle: float, batch: int) -> None:
             return
         conn.send(_answer(host, request_id, method, kwargs))
         if any(v >= batch for v in host.dirty.values()):
-            host.optimize()
+            log.info(
+                "indexed %d waiting points in %.1f s", sum(host.dirty.values()), host.optimize()
+            )
     host.close()
 
 

@@ -35,6 +35,8 @@ HitTuple = tuple[str, float, dict[str, Any]]
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 FULL_SCAN_THRESHOLD_KB = 10_000
+SEGMENTS = 8
+MAX_SEGMENT_KB = 400_000  # about 250k points of 384 dimensions
 
 
 def config(dimensions: int) -> qe.EdgeConfig:
@@ -44,7 +46,19 @@ def config(dimensions: int) -> qe.EdgeConfig:
         hnsw_config=qe.HnswIndexConfig(
             m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
         ),
+        optimizers=optimizers(),
     )
+
+
+def optimizers() -> qe.EdgeOptimizersConfig:
+    """Index new points in segments of their own instead of merging them into the big ones.
+
+    The default target of a few segments merges every batch of new points into the indexed
+    segment and rebuilds its HNSW graph: measured 14, 38 and 91 s for the same 50k new points
+    at 50k, 100k and 150k. Up to ``SEGMENTS`` segments of at most ``MAX_SEGMENT_KB`` each, a run
+    indexes what is new, and merges only small segments.
+    """
+    return qe.EdgeOptimizersConfig(default_segment_number=SEGMENTS, max_segment_size=MAX_SEGMENT_KB)
 
 
 def exists(path: Path) -> bool:
@@ -53,8 +67,8 @@ def exists(path: Path) -> bool:
 
 def open_shard(path: Path, dimensions: int) -> qe.EdgeShard:
     """Load the shard at ``path``, or create it (with its payload indexes) if there is none."""
-    if exists(path):
-        return qe.EdgeShard.load(str(path))
+    if exists(path):  # the optimizer settings of this version, also on shards made before it
+        return qe.EdgeShard.load(str(path), config(dimensions))
     path.mkdir(parents=True, exist_ok=True)
     shard = qe.EdgeShard.create(str(path), config(dimensions))
     for field in KEYWORD_FIELDS:
