@@ -79,6 +79,16 @@ class UsageStore(Store):
         async with self._write() as conn:
             await conn.execute(stmt)
 
+    async def tokens_today(self, key_id: str) -> int:
+        """Prompt and completion tokens the key used today (UTC), on every replica."""
+        day = self.now().date().isoformat()
+        query = select(usage.c.prompt_tokens, usage.c.completion_tokens).where(
+            usage.c.day == day, usage.c.key_id == key_id
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return sum(int(p) + int(c) for p, c in rows)
+
     async def totals(
         self, *, since: date | None = None, key_id: str | None = None
     ) -> list[UsageRow]:

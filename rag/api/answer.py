@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from fastapi import APIRouter
@@ -25,9 +26,9 @@ from ingest.registry import ApiKey, UsageStore
 from rag.answer import Question
 from rag.answer.service import Event
 from rag.api.auth import ReadKey, hidden_collection, usable_collection
-from rag.api.deps import AnswersDep, ComponentsDep
+from rag.api.deps import AnswersDep, ComponentsDep, SettingsDep
 from rag.api.search import FilterBody
-from rag.core.errors import NotFound, RagError
+from rag.core.errors import NotFound, QuotaExceeded, RagError
 
 router = APIRouter(tags=["retrieval"])
 log = logging.getLogger(__name__)
@@ -78,8 +79,15 @@ def format_event(name: str, data: dict[str, Any]) -> bytes:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def answer(
-    body: AnswerBody, service: AnswersDep, key: ReadKey, components: ComponentsDep
+    body: AnswerBody,
+    service: AnswersDep,
+    key: ReadKey,
+    components: ComponentsDep,
+    settings: SettingsDep,
 ) -> Response:
+    usage = components.usage
+    if settings.key_tokens_per_day and not components.auth.open_mode:
+        await check_token_budget(usage, key, settings.key_tokens_per_day)
     question = Question(
         text=body.question,
         collection=usable_collection(key, body.collection),
@@ -90,7 +98,6 @@ async def answer(
         prepared = await service.prepare(question)
     except NotFound as exc:  # one wording, whichever store: as for a collection the key lacks
         raise hidden_collection(question.collection) from exc
-    usage = components.usage
     if not body.stream:
         final = await service.answer(prepared)
         await record_usage(usage, key, question.collection, final)
@@ -113,6 +120,20 @@ async def answer(
             await stream.aclose()
 
     return EventStreamResponse(recorded, cleanup)
+
+
+async def check_token_budget(usage: UsageStore, key: ApiKey, budget: int) -> None:
+    """429 ``quota_exceeded`` until midnight UTC once the key's answers used ``budget`` tokens
+    today (the answer that crosses it is served whole)."""
+    used = await usage.tokens_today(key.id)
+    if used >= budget:
+        now = datetime.now(UTC)
+        midnight = datetime.combine(now.date() + timedelta(days=1), time(), UTC)
+        raise QuotaExceeded(
+            f"key {key.name!r} used its {budget} answer tokens for today",
+            retry_after=max(1.0, (midnight - now).total_seconds()),
+            quota="tokens_per_day",
+        )
 
 
 async def record_usage(

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         "many); past it 429 `quota_exceeded` with Retry-After. 0: no limit.",
     )
 
+    key_tokens_per_day: int = Field(
+        0,
+        ge=0,
+        description="Answer tokens (prompt + completion, from the usage records) each API key "
+        "may use per UTC day across all replicas; past it POST /v1/answer is 429 "
+        "`quota_exceeded` until midnight. 0: no budget.",
+    )
+
     # --- request limits (docs/security.md) ------------------------------------------------
     max_body_bytes: int = Field(
         1024 * 1024,
