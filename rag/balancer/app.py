@@ -19,12 +19,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.types import ASGIApp
 
+from rag.balancer.guard import GuardMiddleware, check_upstream_url
 from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
 from rag.balancer.settings import BalancerSettings
 from rag.core.pool import PoolMetrics, UpstreamRejected
 from rag.core.pool.settings import build_client, build_pool
 from rag.web.errors import CatchAllMiddleware, install_error_handlers
+from rag.web.limits import BodyLimitMiddleware
 from rag.web.requestid import RequestIdMiddleware
 
 
@@ -36,7 +38,7 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
         async with build_client(settings.pool) as http:
             pool = build_pool("balancer", http, settings.pool, metrics)
             for url in settings.upstreams:
-                pool.add_upstream(url)
+                pool.add_upstream(check_upstream_url(url, settings.allowed_hosts))
             await pool.start()
             app.state.pool = pool
             app.state.settings = settings
@@ -70,8 +72,22 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    proxy = ProxyApp(app, affinity=settings.pool.affinity, block=settings.pool.affinity_block_chars)
-    return RequestIdMiddleware(CatchAllMiddleware(proxy))
+    upstream_key = settings.pool.upstream_api_key
+    proxy = ProxyApp(
+        app,
+        affinity=settings.pool.affinity,
+        block=settings.pool.affinity_block_chars,
+        upstream_key=upstream_key.get_secret_value() if upstream_key else None,
+    )
+    limited = BodyLimitMiddleware(
+        proxy, max_bytes=settings.max_body_bytes, read_timeout=settings.pool.read_timeout
+    )
+    guarded = GuardMiddleware(
+        limited,
+        admin_keys=[settings.admin_key.get_secret_value()] if settings.admin_key else [],
+        client_keys=[key.get_secret_value() for key in settings.api_keys],
+    )
+    return RequestIdMiddleware(CatchAllMiddleware(guarded))
 
 
 async def _on_rejected(request: Request, exc: Exception) -> Response:

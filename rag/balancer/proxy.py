@@ -47,6 +47,8 @@ OWN = frozenset(
      ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"), ("GET", "/openapi.json")}
 )  # fmt: skip
 """The balancer's own endpoints (method, path); every other request goes to an upstream."""
+_CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie", b"x-api-key"})
+"""Never passed on: an upstream gets the balancer's own key (``upstream_api_key``) instead."""
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
      b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length"}
@@ -82,10 +84,15 @@ def cors_origin(scope: Scope) -> list[tuple[bytes, bytes]]:
 class ProxyApp:
     """Serves the proxied endpoints from ``app.state.pool``; passes the rest to ``app``."""
 
-    def __init__(self, app: FastAPI, *, affinity: bool, block: int) -> None:
+    def __init__(
+        self, app: FastAPI, *, affinity: bool, block: int, upstream_key: str | None = None
+    ) -> None:
         self.app = app
         self.affinity = affinity
         self.block = block
+        self.upstream_auth = (
+            [(b"authorization", f"Bearer {upstream_key}".encode())] if upstream_key else []
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not proxied(scope["method"], scope["path"]):
@@ -110,7 +117,14 @@ class ProxyApp:
         raw = scope.get("raw_path")
         sent_path = raw.decode("latin-1") if raw else path
         target = f"{sent_path}?{query.decode('latin-1')}" if query else sent_path
-        headers = httpx.Headers([(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP])
+        headers = httpx.Headers(
+            [
+                (k, v)
+                for k, v in scope["headers"]
+                if k not in _HOP_BY_HOP and k not in _CLIENT_CREDENTIALS
+            ]
+            + self.upstream_auth
+        )
         await self._forward(pool, scope, receive, send, target, body, headers, prefix, budget)
 
     async def _forward(

@@ -13,10 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, HttpUrl
+from pydantic import BaseModel, Field
 
+from rag.balancer.guard import check_upstream_url
+from rag.balancer.settings import BalancerSettings
 from rag.balancer.upstream_metrics import upstream_metrics
-from rag.core.errors import UpstreamUnavailable
+from rag.core.errors import Conflict, UpstreamUnavailable
 from rag.core.pool import Pool, PoolMetrics
 
 log = logging.getLogger(__name__)
@@ -44,14 +46,17 @@ async def pool_status(request: Request) -> dict[str, Any]:
 
 
 class UpstreamIn(BaseModel):
-    url: HttpUrl
+    url: str = Field(max_length=2048, description="http(s)://host:port, nothing more.")
 
 
 @router.post("/v1/pool/upstreams", tags=["pool"], summary="Register an upstream")
 async def add_upstream(request: Request, upstream: UpstreamIn) -> JSONResponse:
     pool = _pool(request)
-    url = str(upstream.url).rstrip("/")
+    settings: BalancerSettings = request.app.state.settings
+    url = check_upstream_url(upstream.url, settings.allowed_hosts)
     known = url in pool.urls
+    if not known and len(pool.urls) >= settings.max_upstreams:
+        raise Conflict(f"the pool holds {settings.max_upstreams} upstreams already")
     pool.add_upstream(url)
     entry = next(u for u in pool.status()["upstreams"] if u["url"] == url)
     return JSONResponse(entry, status_code=200 if known else 201)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.core.pool.settings import PoolSettings
@@ -42,6 +42,25 @@ class BalancerSettings(BaseSettings):
         description="uvicorn's HTTP implementation. httptools (auto's choice, the faster) writes "
         "response header names in lower case; h11 keeps the upstream's spelling, for clients "
         "that compare header names case-sensitively.",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="Key of the admin routes (pool status and membership, /metrics), sent as "
+        "`Authorization: Bearer`; unset: those routes answer loopback clients only.",
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys clients must send on proxied routes (`Authorization: Bearer` or "
+        "`X-Api-Key`, llama-server's convention); empty: proxied routes are open. Clients' own "
+        "credentials and cookies never reach an upstream (it gets upstream_api_key).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (names or addresses as written) upstream URLs may name; empty: any.",
+    )
+    max_upstreams: int = Field(64, ge=1, description="Upstreams the pool may hold; more: 409.")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body in bytes: 413."
     )
     pool: BalancerPoolSettings = Field(
         default_factory=BalancerPoolSettings,

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag.core.errors import PayloadTooLarge
+from rag.core.errors import PayloadTooLarge, RagError, RequestTimeout
 from rag.web.errors import error_response
 
 
@@ -68,7 +68,20 @@ class BodyLimitMiddleware:
                 done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPException as exc:  # a plain ASGI app (the balancer's proxy) let it through
+            if started or exc.status_code not in (408, 413):
+                raise
+            kind: type[RagError] = PayloadTooLarge if exc.status_code == 413 else RequestTimeout
+            await error_response(kind(str(exc.detail)))(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -96,9 +96,10 @@ async def test_metrics_have_the_pools_families_and_the_upstreams_by_upstream(
 async def test_upstreams_with_an_api_key(
     base_settings: Settings, binaries: Binaries, pool_http: PoolClient
 ) -> None:
-    """Upstreams started with ``--api-key``: the balancer's polls send the key it was given
-    (``upstream_api_key``), so they count as healthy; clients' requests carry their own key,
-    and one without it gets the upstream's 401."""
+    """Upstreams started with ``--api-key``: the balancer's polls and its proxied requests send
+    the key it was given (``upstream_api_key``), so they count as healthy and answer; clients
+    send a client key (``api_keys``), which never reaches the upstream, and the upstreams' own
+    key is no client key."""
     args = (*server_args(binaries.generation_model), "--api-key", "secret-key")
     spec = ChildSpec("pool-keyed", "generation", args, free_port())
     supervisor = await start_children(
@@ -106,14 +107,20 @@ async def test_upstreams_with_an_api_key(
     )
     try:
         settings = balancer_settings(
-            upstreams=[spec.url], poll_interval=0.2, upstream_api_key="secret-key"
+            upstreams=[spec.url],
+            poll_interval=0.2,
+            upstream_api_key="secret-key",
+            api_keys=["client-key"],
         )
         async with serving(create_balancer_app(settings)) as url, httpx.AsyncClient() as http:
             assert await wait_for(lambda: answers_health(http, url), within=30)
             body = {"prompt": "Hi", "n_predict": 2}
             refused = await http.post(f"{url}/completion", json=body)
             assert refused.status_code == 401
-            keyed = {"Authorization": "Bearer secret-key"}
+            upstream_key = {"Authorization": "Bearer secret-key"}
+            refused = await http.post(f"{url}/completion", json=body, headers=upstream_key)
+            assert refused.status_code == 401
+            keyed = {"Authorization": "Bearer client-key"}
             answered = await http.post(f"{url}/completion", json=body, headers=keyed, timeout=60)
             assert answered.status_code == 200
     finally:

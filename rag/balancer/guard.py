@@ -1,0 +1,116 @@
+"""Who may call the balancer, and which upstreams it may be given.
+
+``GuardMiddleware`` sits in front of the proxy. The admin routes (pool status and membership,
+``/metrics``) need ``Authorization: Bearer`` with ``RAG_BALANCER_ADMIN_KEY``; without one set
+they answer loopback clients only. Proxied routes need one of ``RAG_BALANCER_API_KEYS`` (or the
+admin key) once any is set, sent as ``Authorization: Bearer`` or ``X-Api-Key`` (llama-server's
+``--api-key`` convention, so the OpenAI SDK's ``api_key`` works). ``/health`` and the API docs
+stay open. Keys are compared with :func:`hmac.compare_digest` against every configured key.
+
+:func:`check_upstream_url` accepts a scheme, a host and a port only (no user info, path, query
+or fragment), optionally from an allow-list of hosts: a registered URL with a path made the
+poller GET arbitrary paths, and a password in one was shown by ``/v1/pool`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rag.core.errors import Unauthorized, ValidationFailed
+from rag.web.errors import error_response
+
+ADMIN_ROUTES = frozenset(
+    {("GET", "/v1/pool"), ("POST", "/v1/pool/upstreams"), ("DELETE", "/v1/pool/upstreams"),
+     ("GET", "/metrics")}
+)  # fmt: skip
+OPEN_ROUTES = frozenset(
+    {("GET", "/health"), ("HEAD", "/health"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
+     ("GET", "/redoc"), ("GET", "/openapi.json")}
+)  # fmt: skip
+
+
+def presented_key(scope: Scope) -> str | None:
+    name: bytes
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return value.decode("latin-1")
+    return None
+
+
+def matches(token: str | None, keys: Sequence[str]) -> bool:
+    """Whether ``token`` is one of ``keys``, comparing it with every one in constant time."""
+    if token is None:
+        return False
+    given = token.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode())
+    return found
+
+
+def _loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class GuardMiddleware:
+    def __init__(self, app: ASGIApp, *, admin_keys: Sequence[str], client_keys: Sequence[str]):
+        self.app = app
+        self.admin_keys = list(admin_keys)
+        self.client_keys = [*client_keys, *admin_keys] if client_keys else []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = (scope["method"], scope["path"])
+            refusal = None
+            if route in ADMIN_ROUTES:
+                if self.admin_keys:
+                    if not matches(presented_key(scope), self.admin_keys):
+                        refusal = "the balancer's admin routes need its admin key"
+                elif not _loopback(scope):
+                    refusal = "without RAG_BALANCER_ADMIN_KEY the admin routes answer loopback only"
+            elif (
+                route not in OPEN_ROUTES
+                and self.client_keys
+                and not matches(presented_key(scope), self.client_keys)
+            ):
+                refusal = "an API key is needed: send Authorization: Bearer KEY"
+            if refusal is not None:
+                await error_response(Unauthorized(refusal))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def check_upstream_url(url: str, allowed_hosts: Sequence[str] = ()) -> str:
+    """``scheme://host:port`` of ``url``, or ``ValidationFailed`` (422)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationFailed(f"invalid upstream URL {url!r}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed("an upstream URL is http(s)://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationFailed("an upstream URL may not carry user info")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValidationFailed("an upstream URL is a scheme, a host and a port: no path or query")
+    host = parts.hostname
+    if allowed_hosts and host not in allowed_hosts:
+        raise ValidationFailed(f"upstream host {host!r} is not in RAG_BALANCER_ALLOWED_HOSTS")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}" + (f":{port}" if port is not None else "")
