@@ -102,7 +102,7 @@ async def served(settings: Settings) -> AsyncIterator[tuple[str, Components]]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-answer-") as tmp:
-        base = Settings(data_dir=Path(tmp) / "data", _env_file=None)
+        base = Settings(data_dir=Path(tmp) / "data", auth="open", _env_file=None)  # loopback
         slot_dir = Path(tmp) / "slots"
         slot_dir.mkdir()
         async with children(base, slot_dir) as (embedding_url, generation_url):

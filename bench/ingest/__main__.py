@@ -123,6 +123,7 @@ def start_service(
         "RAG_EMBEDDING_URLS": json.dumps([url]),
         "RAG_GENERATION_SERVERS": "0",
         "RAG_LOG_LEVEL": "warning",
+        "RAG_AUTH": "open",  # loopback only: the benchmark measures ingestion, not the key check
     }
     log = (data_dir / "service.log").open("wb")
     process = subprocess.Popen(

@@ -69,6 +69,7 @@ def start_service(
         "RAG_DATA_DIR": str(data_dir),
         "RAG_GENERATION_SERVERS": "0",
         "RAG_LOG_LEVEL": "warning",
+        "RAG_AUTH": "open",  # loopback only: the benchmark measures search, not the key check
         **env_overrides,
     }
     log = (data_dir / "service.log").open("wb")

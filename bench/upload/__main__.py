@@ -185,6 +185,7 @@ def large_upload(work: Path, size_mb: int) -> dict[str, Any]:
             "RAG_DATA_DIR": str(data_dir),
             "RAG_MAX_UPLOAD_BYTES": str(2 * size_mb * MB),
             "RAG_LOG_LEVEL": "warning",
+            "RAG_AUTH": "open",  # loopback only: the benchmark measures memory, not keys
             "TMPDIR": str(work),  # Starlette's spool files of the baseline
         }
         if variant == "service":
