@@ -8,11 +8,9 @@ GPU host with the project on ``PYTHONPATH`` and only the balancer's wheels insta
 from __future__ import annotations
 
 import argparse
-import logging
 
-import uvicorn
-
-from rag.balancer import balancer_settings, create_balancer_app
+from rag.balancer import balancer_settings
+from rag.balancer.serve import serve
 from rag.balancer.settings import DEFAULT_HOST, DEFAULT_PORT
 from rag.core.pool.policy import POLICIES
 
@@ -27,20 +25,7 @@ def main() -> None:
     settings = balancer_settings(
         host=args.host, port=args.port, policy=args.policy, upstreams=args.upstream
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    uvicorn.run(
-        create_balancer_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        http=settings.http,
-        access_log=settings.log_level == "debug",
-        server_header=False,
-        proxy_headers=False,
-    )
+    serve(settings)
 
 
 if __name__ == "__main__":

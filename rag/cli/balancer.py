@@ -6,13 +6,12 @@ given on the command line.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from rag.balancer import balancer_settings, create_balancer_app
+from rag.balancer import balancer_settings
+from rag.balancer.serve import serve
 from rag.balancer.settings import DEFAULT_HOST, DEFAULT_PORT
 from rag.core.pool.policy import POLICIES
 
@@ -43,19 +42,6 @@ def balancer(
     settings = balancer_settings(
         host=host, port=port, policy=policy, upstreams=list(upstream) if upstream else None
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call and poll
     if not settings.upstreams:
         typer.echo("no upstream yet: register some with POST /v1/pool/upstreams", err=True)
-    uvicorn.run(
-        create_balancer_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        http=settings.http,
-        access_log=settings.log_level == "debug",  # a line per request costs ~10% of the CPU
-        server_header=False,  # the upstream's own Server header passes through
-        proxy_headers=False,  # X-Forwarded-* go upstream unchanged; nothing here reads them
-    )
+    serve(settings)
