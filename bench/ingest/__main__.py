@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from bench.service import upload, wait_ready
 from rag.core.runtime.children import embedding_args
 from rag.core.runtime.paths import EMBEDDING_DIMENSIONS
 from rag.core.runtime.prepare import prepare_runtime
@@ -59,32 +60,9 @@ def write_corpus(folder: Path, count: int) -> list[Path]:
 async def end_to_end(base: str, files: list[Path]) -> tuple[float, int]:
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
         started = time.perf_counter()
-        jobs: list[str] = []
-        for path in files:
-            response = await http.post(
-                "/v1/documents",
-                data={"collection": "bench"},
-                files={"file": (path.name, path.read_bytes())},
-            )
-            response.raise_for_status()
-            jobs.extend(d["job_id"] for d in response.json()["documents"])
-        # one listing per poll (as a dashboard would), not one request per job: polling 200
-        # jobs one by one would load the service it measures
-        while True:
-            listing = await http.get(
-                "/v1/documents", params={"collection": "bench", "limit": len(files)}
-            )
-            listing.raise_for_status()
-            documents = listing.json()["documents"]
-            failed = [d for d in documents if d["status"] == "failed"]
-            if failed:
-                raise RuntimeError(f"{failed[0]['filename']} failed: {failed[0]['error']}")
-            if len(documents) == len(jobs) and all(d["status"] == "ready" for d in documents):
-                break
-            await asyncio.sleep(0.2)
-        elapsed = time.perf_counter() - started
-        chunks = sum(d["chunks"] for d in documents)
-    return elapsed, chunks
+        jobs = await upload(http, files)
+        chunks = await wait_ready(http, len(jobs), interval=0.2)
+    return time.perf_counter() - started, chunks
 
 
 async def chunk_texts(data_dir: Path) -> list[str]:

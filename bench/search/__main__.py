@@ -40,7 +40,8 @@ import httpx
 
 from bench.ingest.__main__ import write_corpus
 from bench.pool.common import machine, stop_on_sigterm, summary
-from bench.search.ingestion import PAGE, TIMEOUT, drive_ingestion, upload, wait_ready
+from bench.search.ingestion import TIMEOUT, drive_ingestion
+from bench.service import PAGE, upload, wait_ready
 from rag.core.runtime.supervisor import free_port
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"

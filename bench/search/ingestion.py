@@ -9,32 +9,9 @@ from pathlib import Path
 
 import httpx
 
-PAGE = 500  # GET /v1/documents lists at most this many at once
+from bench.service import upload, wait_ready
+
 TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=60.0, pool=60.0)
-
-
-async def upload(http: httpx.AsyncClient, files: list[Path]) -> None:
-    for path in files:
-        response = await http.post(
-            "/v1/documents",
-            data={"collection": "bench"},
-            files={"file": (path.name, path.read_bytes())},
-        )
-        response.raise_for_status()
-
-
-async def wait_ready(http: httpx.AsyncClient, expected: int) -> int:
-    """Poll one listing until ``expected`` documents are ready; their chunks."""
-    while True:
-        listing = await http.get("/v1/documents", params={"collection": "bench", "limit": PAGE})
-        listing.raise_for_status()
-        documents = listing.json()["documents"]
-        failed = [d for d in documents if d["status"] == "failed"]
-        if failed:
-            raise RuntimeError(f"{failed[0]['filename']} failed: {failed[0]['error']}")
-        if len(documents) >= expected and all(d["status"] == "ready" for d in documents):
-            return sum(d["chunks"] for d in documents)
-        await asyncio.sleep(0.5)
 
 
 def drive_ingestion(base: str, files: list[Path], expected: int) -> tuple[float, int]:
