@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rag.core.errors import NotFound, PayloadTooLarge
+from rag.core.files import fsync_dir
 
 BLOCK_SIZE = 1 << 20
 HEAD_BYTES = 64 * 1024
@@ -34,14 +35,6 @@ class BlobTooLarge(PayloadTooLarge):
 
 class BlobNotFound(NotFound):
     """No blob with this sha256."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _TempBlob:
@@ -76,7 +69,7 @@ class _TempBlob:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
 
     def discard(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
+from rag.core.files import fsync_dir
 from rag.core.store import shards
 from rag.core.store.base import DENSE
 
@@ -62,9 +63,9 @@ def migrate_local(
         client.close()
     marker = {"source": str(source.resolve()), "collections": counts, "at": time.time()}
     (staging / MARKER).write_text(json.dumps(marker, indent=2))
-    _fsync_dir(staging)
+    fsync_dir(staging)
     os.rename(staging, target)  # atomic on one file system: the target appears whole or not at all
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return sum(counts.values())
 
 
@@ -105,11 +106,3 @@ def _record(point: models.Record) -> tuple[str, dict[str, Any], dict[str, Any]]:
         else:
             named[key] = list(value)
     return str(point.id), dict(point.payload or {}), named
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
