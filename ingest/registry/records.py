@@ -51,6 +51,8 @@ class DocumentRecord:
     error: dict[str, str] | None
     created_at: datetime
     updated_at: datetime
+    key_id: str | None = None  # the API key that uploaded it, billed for its embeddings
+    key_name: str | None = None
 
     @classmethod
     def from_row(cls, row: RowMapping) -> DocumentRecord:
@@ -68,6 +70,8 @@ class DocumentRecord:
             error=_error(row["error"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            key_id=row["key_id"],
+            key_name=row["key_name"],
         )
 
     def to_api(self) -> dict[str, Any]:

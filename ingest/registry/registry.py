@@ -136,12 +136,15 @@ class Registry(JobQueue):
         size: int,
         metadata: dict[str, Any] | None = None,
         max_attempts: int = 3,
+        key_id: str | None = None,
+        key_name: str | None = None,
     ) -> tuple[DocumentRecord, JobRecord | None, bool]:
         """Register an upload and queue its job, atomically: ``(document, job, True)``.
 
         If these bytes (``sha256``) are already in ``collection`` nothing is added and the answer
         is ``(existing document, its latest job, False)`` whatever its status; a failed one is
         retried with :meth:`retry_job`. Concurrent identical uploads make one document.
+        ``key_id``, ``key_name``: the API key that uploads it, billed for its embeddings.
         """
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -166,6 +169,8 @@ class Registry(JobQueue):
                         "metadata": dict(metadata or {}),
                         "created_at": now,
                         "updated_at": now,
+                        "key_id": key_id,
+                        "key_name": key_name,
                     }
                     doc_row = await _insert(conn, documents, doc_values)
                     job_values = {

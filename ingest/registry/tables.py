@@ -83,6 +83,8 @@ documents = Table(
     Column("error", json_type(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("key_id", String(32), nullable=True),  # the key that uploaded it (billing)
+    Column("key_name", String(128), nullable=True),
     UniqueConstraint("collection", "sha256"),
     Index(None, "created_at", "id"),
     Index(None, "collection", "created_at", "id"),
@@ -141,4 +143,5 @@ usage = Table(
     Column("requests", BigInteger, nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
+    Column("embedding_tokens", BigInteger, nullable=False, server_default="0"),
 )

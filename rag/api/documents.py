@@ -67,6 +67,8 @@ async def upload_documents(
                 size=upload.writer.size,
                 metadata=form.metadata,
                 max_attempts=settings.job_max_attempts,
+                key_id=key.id,
+                key_name=key.name,
             )
             created_any = created_any or created
             answers.append(
