@@ -39,7 +39,7 @@ from bench.pool.common import OUT_DIR, workdir
 
 WRAPPER = '''#!{python}
 """llama-server as the llama.cpp suite starts it, with local models; {mode}."""
-import os, signal, socket, subprocess, sys
+import json, os, signal, socket, subprocess, sys
 sys.path.insert(0, {root!r})
 from rag.core.processes import die_with_parent
 
@@ -75,9 +75,11 @@ server = subprocess.Popen([{llama_server!r}, *out, "--host", "127.0.0.1", "--por
 os.environ["RAG_BALANCER_POLL_INTERVAL"] = "0.1"
 os.environ["RAG_BALANCER_LOG_LEVEL"] = "warning"
 os.environ.setdefault("RAG_BALANCER_HTTP", "h11")  # header names as llama-server spells them
-if key:  # the balancer's own polls need it; clients send theirs through
+if key:  # llama-server's --api-key: the balancer checks the clients' key, and sends it on
+    os.environ["RAG_BALANCER_API_KEYS"] = json.dumps([key])
     os.environ["RAG_BALANCER_UPSTREAM_API_KEY"] = key
-host = host.split(",")[0]
+if "--metrics" not in args:  # llama-server without --metrics answers /metrics with a 501
+    os.environ["RAG_BALANCER_METRICS"] = "false"
 balancer = subprocess.Popen(
     [sys.executable, "-m", "rag.balancer", "--host", host, "--port", port,
      "--upstream", "http://127.0.0.1:" + inner],

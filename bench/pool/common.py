@@ -318,7 +318,26 @@ def balancer(
             env=environment, preexec_fn=die_with_parent,
         )  # fmt: skip
     with _serving(Proc(f"http://127.0.0.1:{port}", process, log)) as url:
-        yield url
+        PIDS[url] = process.pid
+        try:
+            yield url
+        finally:
+            PIDS.pop(url, None)
+
+
+PIDS: dict[str, int] = {}
+"""The process behind each URL ``balancer`` serves, for ``cpu_seconds``."""
+
+
+def cpu_seconds(url: str) -> float:
+    """User + system CPU time so far of the process serving ``url`` (``balancer``'s), 0 when
+    it is unknown or ``/proc`` is absent."""
+    pid = PIDS.get(url)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 NGINX_CONF = """

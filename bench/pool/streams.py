@@ -30,6 +30,7 @@ from bench.pool.common import (
     add_server_options,
     balancer,
     command_line,
+    cpu_seconds,
     llama_servers,
     machine,
     orders,
@@ -171,11 +172,14 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {"direct": [], "balancer": []}
             for names in orders(["direct", "balancer"], args.rounds):
                 for name in names:
-                    before = pool_counters(via)
+                    before, cpu = pool_counters(via), cpu_seconds(via)
                     urls = upstreams if name == "direct" else [via]
                     got = asyncio.run(run_load(urls, streams, args.requests, args.tokens))
                     if name == "balancer":
                         got["pool"] = waits(before, pool_counters(via))
+                        # the balancer's CPU over the load: near 1 core per second of wall time
+                        # means its one process is the bound
+                        got["balancer_cpu_s"] = cpu_seconds(via) - cpu
                     runs[name].append(got)
                     print(streams, name, json.dumps(got), flush=True)
             result["runs"][str(streams)] = runs
@@ -199,10 +203,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         p99 = max(r["ttft_p99_s"] for r in via) / max(r["ttft_p99_s"] for r in direct)
         fivexx = int(_sum(via, "status_5xx") + _sum(via, "broken"))
         pool = {k: sum(r["pool"][k] for r in via) for k in via[0]["pool"]}
+        cores = _sum(via, "balancer_cpu_s") / _sum(via, "wall_s")  # balancer CPU per wall second
         goals = {"tok_s_ratio_ge_0.97": tps >= 0.97, "ttft_p99_le_1.2x": p99 <= 1.2,
                  "no_5xx": fivexx == 0}  # fmt: skip
         summary[streams] = {"tok_s_ratio": tps, "ttft_p99_ratio": p99, "5xx_or_broken": fivexx,
-                            "pool": pool, "goals": goals}  # fmt: skip
+                            "pool": pool, "balancer_cores": cores, "goals": goals}  # fmt: skip
         d, b = direct[-1], via[-1]
         rows.append(
             f"| {streams} | {d['tok_per_s']:.0f} | {b['tok_per_s']:.0f} | **{tps:.3f}** | "
@@ -211,7 +216,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{int(_sum(direct, 'status_5xx') + _sum(direct, 'broken'))} / {fivexx} | "
             f"{pool['buffer_waits']:.0f} ({pool['buffer_waits_over_0.1s']:.0f}, "
             f"{pool['buffer_waits_over_1s']:.0f}) | {pool['early_handoffs']:.0f} | "
-            f"{pool['failovers']:.0f} | {'met' if all(goals.values()) else 'missed'} |"
+            f"{pool['failovers']:.0f} | {cores:.2f} | "
+            f"{'met' if all(goals.values()) else 'missed'} |"
         )
         groups[f"{streams} streams"] = {"tok/s": tps, "TTFT p99": p99}
     result["summary"] = summary
@@ -226,12 +232,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         "the clients split evenly over the two servers (the best static split); balancer = "
         "all through `rag balancer` (slots policy, buffer 1024). tok/s = generated tokens / "
         "wall time of the whole load; TTFT in ms (p50 / p99); ratios balancer / direct, the "
-        "last round shown, ratios over all rounds.",
+        "last round shown, ratios over all rounds. Balancer CPU: its process's user + system "
+        "CPU seconds per second of load (1.00 = one core busy: its one process is the bound).",
         "",
         "| streams | direct tok/s | balancer tok/s | ratio | direct TTFT p50/p99 | "
         "balancer TTFT p50/p99 | p99 ratio | 5xx+broken direct / balancer | buffer waits "
-        "(> 0.1 s, > 1 s) | early handoffs | failovers | goals |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "(> 0.1 s, > 1 s) | early handoffs | failovers | balancer CPU (cores) | goals |",
+        "|" + " ---: |" * 12 + " --- |",
         *rows,
         "",
         "Goals (issue 13): tok/s ratio >= 0.97, TTFT p99 <= 1.2x direct, no 5xx.",
