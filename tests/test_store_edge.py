@@ -12,7 +12,8 @@ import pytest
 from qdrant_client import models
 
 from rag.core.errors import InvalidRequest
-from rag.core.store.edge import EdgeBackend
+from rag.core.store import shards
+from rag.core.store.edge import UPSERT_PART, EdgeBackend
 from rag.core.vectorstore import ChunkPoint, VectorStore, point_id
 
 DIM = 8
@@ -66,3 +67,31 @@ async def test_a_filter_it_cannot_run_is_an_invalid_request(tmp_path: Path) -> N
         assert await store.count("geo") == 3  # the store still answers
     finally:
         await store.close()
+
+
+async def test_a_large_upsert_goes_in_parts_and_vectors_come_back(tmp_path: Path) -> None:
+    store = VectorStore.open(
+        url=None, path=str(tmp_path), timeout=30, dimensions=DIM, backend="edge"
+    )
+    try:
+        points = _points(2 * UPSERT_PART + 7)  # three messages to the store process
+        await store.ensure_collection("big")
+        await store.upsert("big", points)
+        assert await store.count("big") == len(points)
+        back = {r.id: r.vector async for r in store.records("big", with_vectors=True, batch=999)}
+        assert len(back) == len(points)
+        for point in (points[0], points[UPSERT_PART], points[-1]):
+            vector = back[point_id("doc", point.chunk_index)]
+            assert isinstance(vector, list) and isinstance(vector[0], float)
+            # stored as float32 and normalised for cosine: the same direction
+            cosine = np.dot(vector, point.vector) / np.linalg.norm(point.vector)
+            assert cosine == pytest.approx(1.0, abs=1e-5)
+    finally:
+        await store.close()
+
+
+def test_the_search_breadth_grows_with_the_collection_and_indexing_leaves_a_core() -> None:
+    small, large = shards.search_ef(10_000), shards.search_ef(1_000_000)
+    assert small >= shards.HNSW_EF_CONSTRUCT
+    assert large > small
+    assert 1 <= shards.indexing_threads() <= max(1, (os.cpu_count() or 1) - 1)

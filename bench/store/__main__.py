@@ -1,7 +1,8 @@
 """The vector store at 10k, 100k and 1M chunks: the embedded store against local mode.
 
     .venv/bin/python -m bench.store [--sizes 10000,100000] [--baseline-size 10000]
-                                    [--source DATA_DIR_OF_A_RAG_EVAL_RUN]
+                                    [--source DATA_DIR_OF_A_RAG_EVAL_RUN] [--keep DIR]
+    .venv/bin/python -m bench.store --sweep-ef 64,100,200,400 --index DIR/edge-1000000
 
 Each size gets a fresh embedded store (Qdrant Edge in its store process) and, at
 ``--baseline-size`` only, qdrant-client local mode on the same points in the same run (local mode
@@ -12,21 +13,27 @@ against exact search (numpy), deleting 20 documents one by one, reopening until 
 the RSS of the process that holds the data, and the longest stall of the event loop in every
 phase (an asyncio ticker every 5 ms). Points: bench/store/data.py. Results are merged by size
 into docs/benchmarks/store.{json,md,png}.
+
+``--keep DIR`` leaves each size's embedded store in ``DIR/edge-<size>``; ``--sweep-ef`` then
+measures recall@10 and latency at each search breadth on such a store without rebuilding it
+(bench/store/sweep.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.store import data, report
+from bench.store import data, report, sweep
 from bench.store.measure import measure
 
 
@@ -44,7 +51,9 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores, {model}, {python}"
 
 
-async def run(sizes: list[int], baseline: int, source: Path | None) -> dict[str, Any]:
+async def run(
+    sizes: list[int], baseline: int, source: Path | None, keep: Path | None
+) -> dict[str, Any]:
     base = await data.load(source)
     command = f".venv/bin/python -m bench.store --sizes {','.join(map(str, sizes))}"
     result: dict[str, Any] = {
@@ -62,9 +71,16 @@ async def run(sizes: list[int], baseline: int, source: Path | None) -> dict[str,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="rag-bench-store-") as tmp:
+            edge = Path(tmp) / "edge"
+            if keep is not None:
+                edge = keep / f"edge-{size}"
+                if edge.exists():
+                    shutil.rmtree(edge)
             entry["edge"] = await measure(
-                "edge", corpus, base.query_vectors, base.query_texts, Path(tmp) / "edge", _log
+                "edge", corpus, base.query_vectors, base.query_texts, edge, _log
             )
+            if keep is not None:
+                (edge / sweep.MARKER).write_text(json.dumps({"points": size}) + "\n")
             if size == baseline:
                 entry["local"] = await measure(
                     "local", corpus, base.query_vectors, base.query_texts, Path(tmp) / "local", _log
@@ -85,16 +101,32 @@ def main() -> None:
         "--quality", nargs=2, type=Path, metavar=("LOCAL_RUNS", "EDGE_RUNS"), default=None,
         help="only record nDCG@10 of rag eval reports of local mode and of the embedded store",
     )  # fmt: skip
+    parser.add_argument("--keep", type=Path, default=None, help="keep each store in DIR/edge-N")
+    parser.add_argument(
+        "--sweep-ef", default=None, metavar="EF,EF,...",
+        help="recall and latency at each hnsw_ef on the kept store --index (0: the default)",
+    )  # fmt: skip
+    parser.add_argument("--index", type=Path, default=None, help="a store kept by --keep")
     args = parser.parse_args()
+    result: dict[str, Any] = {"benchmark": "store", "method": "", "sizes": {}}
+    if args.sweep_ef:
+        if args.index is None:
+            parser.error("--sweep-ef needs --index DIR (a store kept by --keep)")
+        efs = [int(x) for x in args.sweep_ef.split(",") if x]
+        found = asyncio.run(sweep.sweep(args.index, efs, _log))
+        result = report.merge(result)
+        result.setdefault("ef_sweep", {})[str(found["points"])] = found  # this size's again
+        report.write(result)
+        _log(f"wrote {report.OUT / 'store.md'}")
+        return
     if args.quality:
-        result: dict[str, Any] = {"benchmark": "store", "method": "", "sizes": {}}
         result = report.merge(result)
         result["retrieval_quality"] = report.quality(*args.quality)
         report.write(result)
         _log(f"wrote {report.OUT / 'store.md'}")
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    asyncio.run(run(sizes, args.baseline_size, args.source))
+    asyncio.run(run(sizes, args.baseline_size, args.source, args.keep))
     _log(f"wrote {report.OUT / 'store.md'}")
 
 

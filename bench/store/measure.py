@@ -4,6 +4,7 @@ event loop's longest stall in each phase, all through ``VectorStore`` as the ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import statistics
@@ -46,26 +47,40 @@ while True:
 class Ticker:
     """An asyncio task that wakes every ``interval`` s and records how late each wake-up was.
 
-    On a loaded machine the lateness also holds the time the OS did not run this process at all,
-    so a reference process beside it does nothing but the same ticking (``REFERENCE``): each
-    phase reports the longest stall of both in the same window (``machine_max_ms``); a stall the
-    reference shows too is the machine's, not the event loop's."""
+    On a loaded machine the lateness also holds the time the OS did not run this process at all.
+    Two ways to tell that apart: a reference process beside it does nothing but the same ticking
+    (``REFERENCE``), and each phase reports the longest stall of both in the same window
+    (``machine_max_ms``); and the loop's thread reads its own run-queue wait (the second field of
+    ``/proc/thread-self/schedstat``: time it was ready to run but not running) at each wake-up,
+    so each stall splits into the OS's part and the rest (``own_max_ms``: the longest stall less
+    the thread's run-queue wait in it, i.e. what ran on the loop, or held the GIL or a lock it
+    waited for; ``own_over_50``: how many passed 50 ms). The rest is the service's to answer for.
+    """
 
     def __init__(self, folder: Path, interval: float = 0.005) -> None:
         self.interval = interval
-        self.late: list[float] = []
+        # (wall time of the wake-up, seconds late, seconds of it spent waiting on a run queue)
+        self.late: list[tuple[float, float, float]] = []
         self._task: asyncio.Task[None] | None = None
         self._log = folder / "reference-ticker.log"
         self._reference: subprocess.Popen[bytes] | None = None
         self._since = time.time()
         self.gc_worst = 0.0
         self._gc_started = 0.0
+        self._schedstat = -1
+
+    def _waited(self) -> float:
+        """Seconds this thread has waited on a run queue so far (0 where Linux does not say)."""
+        if self._schedstat < 0:
+            return 0.0
+        return int(os.pread(self._schedstat, 128, 0).split()[1]) / 1e9
 
     async def _run(self) -> None:
         while True:
-            before = time.perf_counter()
+            before, waited = time.perf_counter(), self._waited()
             await asyncio.sleep(self.interval)
-            self.late.append(time.perf_counter() - before - self.interval)
+            late = time.perf_counter() - before - self.interval
+            self.late.append((time.time(), late, self._waited() - waited))
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -77,6 +92,8 @@ class Ticker:
         gc.callbacks.append(self._gc)  # a collection stops the loop too: say how long
         self._log.parent.mkdir(parents=True, exist_ok=True)
         self._log.touch()
+        with contextlib.suppress(OSError):  # the loop's own thread: start() runs on it
+            self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         self._reference = subprocess.Popen([sys.executable, "-c", REFERENCE, str(self._log)])
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -89,17 +106,21 @@ class Ticker:
         return round(worst * 1000, 1)
 
     async def take(self) -> dict[str, float]:
-        """The longest and the 99th-percentile stall (ms) since the last take, and the
-        reference process's longest in the same window."""
+        """The longest and the 99th-percentile stall (ms) since the last take, the reference
+        process's longest in the same window, and the loop's longest less its run-queue wait."""
         await asyncio.sleep(self.interval * 2)  # let a stall at the very end be seen
-        late, self.late = sorted(self.late) or [0.0], []
+        samples, self.late = self.late, []
+        late = sorted(x for _, x, _ in samples) or [0.0]
         p99 = late[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
+        own = [max(0.0, x - waited) for _, x, waited in samples]
         since, self._since = self._since, time.time()
         gc_worst, self.gc_worst = self.gc_worst, 0.0
         return {
             "max_ms": round(late[-1] * 1000, 1),
             "p99_ms": round(p99 * 1000, 1),
             "machine_max_ms": self._machine_max(since, self._since),
+            "own_max_ms": round(max(own, default=0.0) * 1000, 1),
+            "own_over_50": sum(1 for x in own if x > 0.05),
             "gc_max_ms": round(gc_worst * 1000, 1),
         }
 
@@ -108,6 +129,9 @@ class Ticker:
             gc.callbacks.remove(self._gc)
         if self._task is not None:
             self._task.cancel()
+        if self._schedstat >= 0:
+            os.close(self._schedstat)
+            self._schedstat = -1
         if self._reference is not None:
             self._reference.kill()
             self._reference.wait()
@@ -153,11 +177,16 @@ def _ids(corpus: Corpus) -> dict[str, int]:
     return {point_id(corpus.document_id(i), corpus.chunk_index(i)): i for i in range(corpus.size)}
 
 
-def exact_top(corpus: Corpus, queries: np.ndarray, k: int = TOP_K) -> list[list[int]]:
+def exact_top(
+    corpus: Corpus, queries: np.ndarray, k: int = TOP_K, gone: np.ndarray | None = None
+) -> list[list[int]]:
+    """The exact top ``k`` of each query (corpus indices), leaving out the indices ``gone``."""
     vectors = corpus.vectors()
     tops = []
     for start in range(0, len(queries), 32):
         scores = queries[start : start + 32] @ vectors.T
+        if gone is not None:
+            scores[:, gone] = -np.inf
         part = np.argpartition(-scores, k, axis=1)[:, :k]
         for row, cand in zip(scores, part, strict=True):
             tops.append([int(i) for i in cand[np.argsort(-row[cand])]])

@@ -51,6 +51,8 @@ def merge(result: dict[str, Any]) -> dict[str, Any]:
             result["method"] = old.get("method", "")
         if "retrieval_quality" in old:
             result.setdefault("retrieval_quality", old["retrieval_quality"])
+        for size, sweep in old.get("ef_sweep", {}).items():
+            result.setdefault("ef_sweep", {}).setdefault(size, sweep)
     result["sizes"] = dict(sorted(result["sizes"].items(), key=lambda kv: int(kv[0])))
     return result
 
@@ -119,6 +121,59 @@ def _row(size: str, run: dict[str, Any]) -> str:
     )
 
 
+PHASES = ("upsert", "index", "search", "delete", "reopen")
+
+
+def _stalls_md(result: dict[str, Any]) -> str:
+    """Per phase: the service process's longest loop stall beside the reference process's."""
+    lines = [
+        "Event-loop stalls per phase, ms: the service process's longest / the reference "
+        "process's longest in the same window / the service's longest less the time its loop "
+        "thread waited on the OS's run queue meanwhile (how many of those passed 50 ms); idle = "
+        "nothing but the two tickers, before the store starts:\n",
+        "| points | idle | " + " | ".join(PHASES) + " |",
+        "| --- | --- |" + " --- |" * len(PHASES),
+    ]
+    for size, entry in result["sizes"].items():
+        run = entry["edge"]
+        cells = []
+        for phase in ("idle", *PHASES):
+            stall = run.get(f"stall_{phase}")
+            if stall is None:
+                cells.append("")
+            elif "own_max_ms" in stall:
+                cells.append(
+                    f"{stall['max_ms']} / {stall['machine_max_ms']} / {stall['own_max_ms']}"
+                    f" ({stall['own_over_50']})"
+                )
+            else:
+                cells.append(f"{stall['max_ms']} / {stall.get('machine_max_ms', '')} / -")
+        lines.append(f"| {int(size):,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
+
+
+def _sweep_md(result: dict[str, Any]) -> str:
+    sweeps = result.get("ef_sweep", {})
+    if not sweeps:
+        return ""
+    lines = [
+        "Search breadth on a kept store (`--sweep-ef`, no rebuild; m 16, ef_construct 100): "
+        "recall@10 of dense top-10 against exact search, latency through the store process:\n",
+        "| points | hnsw_ef | recall@10 | dense p50 / p99 ms | hybrid p50 / p99 ms | run |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for size, sweep in sorted(sweeps.items(), key=lambda kv: int(kv[0])):
+        for ef, row in sweep["runs"].items():
+            label = f"{row['hnsw_ef']} (default)" if ef == "0" else str(row["hnsw_ef"])
+            lines.append(
+                f"| {int(size):,} | {label} | {row['recall_at_10']} | "
+                f"{row['dense']['p50_ms']} / {row['dense']['p99_ms']} | "
+                f"{row['hybrid']['p50_ms']} / {row['hybrid']['p99_ms']} | "
+                f"{sweep['date_utc']}, load {sweep['load_average']} |"
+            )
+    return "\n".join(lines) + "\n\n"
+
+
 def write(result: dict[str, Any]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "store.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -151,8 +206,12 @@ def write(result: dict[str, Any]) -> None:
     )
     (OUT / "store.md").write_text(
         "# Vector store: the embedded Qdrant Edge store against qdrant-client local mode\n\n"
-        f"{result['method']}\n\n{header}\n" + "\n".join(rows) + "\n\n"
-        "Ratios edge / local mode in the same run (below 1: the embedded store is faster):\n\n"
+        f"{result['method']}\n\n{header}\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + _stalls_md(result)
+        + _sweep_md(result)
+        + "Ratios edge / local mode in the same run (below 1: the embedded store is faster):\n\n"
         f"{ratio_head}\n"
         + "\n".join(ratio_rows)
         + "\n\n"

@@ -97,7 +97,7 @@ class Host:
     def search(self, name: str, **kwargs: Any) -> list[shards.HitTuple]:
         return shards.search(self.shard(name), **kwargs)
 
-    def scroll(self, name: str, **kwargs: Any) -> tuple[list[shards.RecordTuple], str | None]:
+    def scroll(self, name: str, **kwargs: Any) -> shards.Page:
         return shards.scroll(self.shard(name), **kwargs)
 
     def info(self, name: str) -> dict[str, int]:
