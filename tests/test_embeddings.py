@@ -13,6 +13,7 @@ import pytest
 
 from rag.core.embeddings import Embedder
 from rag.core.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
+from rag.core.pool.tenant import current_tenant, set_tenant
 from tests.conftest import RunningServer
 
 VOCABULARY = {"zero": 0}
@@ -169,4 +170,33 @@ async def test_concurrent_callers_share_batches() -> None:
     first, second = await asyncio.gather(embedder.embed(["a", "bb"]), embedder.embed(["ccc"]))
     assert [v[0] for v in first] == [1.0, 2.0] and [v[0] for v in second] == [3.0]
     assert [len(call["input"]) for call in upstream.calls] == [3]
+    await embedder.close()
+
+
+async def test_queued_texts_are_batched_across_tenants_in_turn() -> None:
+    """A burst of one team's texts does not make another team's query wait behind all of it;
+    each batch goes to the pool as the tenant of its first text."""
+    upstream = Upstream()
+    seen: list[tuple[list[str], str | None]] = []
+
+    class Recording:
+        async def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+            seen.append((list(json["input"]), current_tenant()))
+            return await upstream.request(method, path, json=json)
+
+    embedder = Embedder(Recording(), batch_size=2, concurrency=1)
+
+    async def embed_for(tenant: str, texts: list[str]) -> list[list[float]]:
+        set_tenant(tenant)  # as the HTTP layer does for the key of the request
+        return await embedder.embed(texts)
+
+    burst = asyncio.create_task(embed_for("team-a", [f"a{n}" for n in range(6)]))
+    query = asyncio.create_task(embed_for("team-b", ["b0"]))
+    await asyncio.gather(burst, query)
+    assert seen == [
+        (["a0", "b0"], "team-a"),  # FIFO: b0 would have gone in the last batch
+        (["a1", "a2"], "team-a"),
+        (["a3", "a4"], "team-a"),
+        (["a5"], "team-a"),
+    ]
     await embedder.close()

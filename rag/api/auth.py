@@ -8,6 +8,10 @@ lacks the scope (``admin`` has every scope). A collection the key may not use is
 as one that does not exist (:func:`usable_collection`, :func:`hidden_collection`), and so are
 documents and jobs in such a collection. In ``auth=open`` mode every request acts as
 :data:`rag.service.keys.OPEN`.
+
+The key's name is the request's tenant (``rag.core.pool.tenant.set_tenant``): the pools serve
+waiting requests of different teams in turn, the embedder's queue too, without every layer in
+between carrying it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ingest.registry import ApiKey, Scope
 from rag.api.deps import ComponentsDep
 from rag.core.collections import check_collection
 from rag.core.errors import Forbidden, NotFound, Unauthorized
+from rag.core.pool.tenant import set_tenant
 from rag.service.keys import OPEN
 
 
@@ -38,6 +43,7 @@ def bearer_token(request: Request) -> str | None:
 async def _key(request: Request, components: ComponentsDep) -> ApiKey:
     auth = components.auth
     if auth.open_mode:
+        set_tenant(OPEN.name)
         return OPEN
     token = bearer_token(request)
     if token is None:
@@ -47,6 +53,7 @@ async def _key(request: Request, components: ComponentsDep) -> ApiKey:
         raise Unauthorized("invalid or revoked API key")
     auth.rates.charge(key.id, key.name)  # 429 quota_exceeded past the key's rate
     request.state.api_key = key
+    set_tenant(key.name)  # for the rest of this request (its task's context)
     return key
 
 

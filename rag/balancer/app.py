@@ -85,7 +85,7 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
     guarded = GuardMiddleware(
         limited,
         admin_keys=[settings.admin_key.get_secret_value()] if settings.admin_key else [],
-        client_keys=[key.get_secret_value() for key in settings.api_keys],
+        client_keys=settings.client_keys(),
     )
     return RequestIdMiddleware(CatchAllMiddleware(guarded))
 

@@ -6,6 +6,10 @@ they answer loopback clients only. Proxied routes need one of ``RAG_BALANCER_API
 admin key) once any is set, sent as ``Authorization: Bearer`` or ``X-Api-Key`` (llama-server's
 ``--api-key`` convention, so the OpenAI SDK's ``api_key`` works). ``/health`` and the API docs
 stay open. Keys are compared with :func:`hmac.compare_digest` against every configured key.
+Each client key has a name (the team: ``RAG_BALANCER_API_KEYS`` as a JSON object of names to
+keys, or ``key-1``, ``key-2``, ... by position in a list; the admin key is ``admin``); the guard
+puts the name of the key a request presented into its scope (:data:`TENANT`), and the proxy
+passes it to the pool as the request's tenant, so that the buffer serves teams in turn.
 
 :func:`check_upstream_url` accepts a scheme, a host and a port only (no user info, path, query
 or fragment), optionally from an allow-list of hosts: a registered URL with a path made the
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +36,18 @@ OPEN_ROUTES = frozenset(
     {("GET", "/health"), ("HEAD", "/health"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
      ("GET", "/redoc"), ("GET", "/openapi.json")}
 )  # fmt: skip
+
+
+TENANT = "rag.tenant"
+"""Scope key of the name of the client key a proxied request presented (absent: no keys)."""
+ADMIN_NAME = "admin"
+
+
+def key_names(keys: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str]]:
+    """Client keys with their names: a mapping's, or ``key-1``, ``key-2``, ... for a list."""
+    if isinstance(keys, Mapping):
+        return list(keys.items())
+    return [(f"key-{n}", key) for n, key in enumerate(keys, 1)]
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -58,6 +74,18 @@ def matches(token: str | None, keys: Sequence[str]) -> bool:
     return found
 
 
+def identify(token: str | None, keys: Sequence[tuple[str, str]]) -> str | None:
+    """The name of the key ``token`` is, or ``None``; compared with every key in constant time."""
+    if token is None:
+        return None
+    given = token.encode()
+    found = None
+    for name, key in keys:
+        if hmac.compare_digest(given, key.encode()) and found is None:
+            found = name
+    return found
+
+
 def _loopback(scope: Scope) -> bool:
     client = scope.get("client")
     if not client:
@@ -69,10 +97,17 @@ def _loopback(scope: Scope) -> bool:
 
 
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, admin_keys: Sequence[str], client_keys: Sequence[str]):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admin_keys: Sequence[str],
+        client_keys: Sequence[str] | Mapping[str, str],
+    ):
         self.app = app
         self.admin_keys = list(admin_keys)
-        self.client_keys = [*client_keys, *admin_keys] if client_keys else []
+        named = key_names(client_keys)
+        self.client_keys = [*named, *((ADMIN_NAME, key) for key in admin_keys)] if named else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -84,12 +119,12 @@ class GuardMiddleware:
                         refusal = "the balancer's admin routes need its admin key"
                 elif not _loopback(scope):
                     refusal = "without RAG_BALANCER_ADMIN_KEY the admin routes answer loopback only"
-            elif (
-                route not in OPEN_ROUTES
-                and self.client_keys
-                and not matches(presented_key(scope), self.client_keys)
-            ):
-                refusal = "an API key is needed: send Authorization: Bearer KEY"
+            elif route not in OPEN_ROUTES and self.client_keys:
+                name = identify(presented_key(scope), self.client_keys)
+                if name is None:
+                    refusal = "an API key is needed: send Authorization: Bearer KEY"
+                else:
+                    scope[TENANT] = name
             if refusal is not None:
                 await error_response(Unauthorized(refusal))(scope, receive, send)
                 return

@@ -26,6 +26,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
+from rag.balancer.guard import TENANT
 from rag.core.errors import RagError
 from rag.core.pool import Pool, UpstreamRejected
 from rag.core.pool.budget import token_budget
@@ -156,7 +157,7 @@ class ProxyApp:
         try:
             async with pool.stream(
                 scope["method"], target, content=body or None, headers=headers,
-                prefix_key=prefix, budget=budget,
+                prefix_key=prefix, budget=budget, tenant=scope.get(TENANT),
             ) as upstream:  # fmt: skip
                 # names as the upstream wrote them: clients that read headers into a plain dict
                 # (llama.cpp's own tests do) see the same keys as from llama-server

@@ -48,11 +48,13 @@ class BalancerSettings(BaseSettings):
         description="Key of the admin routes (pool status and membership, /metrics), sent as "
         "`Authorization: Bearer`; unset: those routes answer loopback clients only.",
     )
-    api_keys: list[SecretStr] = Field(
+    api_keys: list[SecretStr] | dict[str, SecretStr] = Field(
         default_factory=list,
         description="Keys clients must send on proxied routes (`Authorization: Bearer` or "
         "`X-Api-Key`, llama-server's convention); empty: proxied routes are open. Clients' own "
-        "credentials and cookies never reach an upstream (it gets upstream_api_key).",
+        "credentials and cookies never reach an upstream (it gets upstream_api_key). A JSON "
+        'object names them (`{"team-a": "KEY", ...}`: the buffer serves teams in turn when '
+        "slots are short); a list's are named key-1, key-2, ...",
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -66,6 +68,12 @@ class BalancerSettings(BaseSettings):
         default_factory=BalancerPoolSettings,
         description="The pool's settings (RAG_BALANCER_POLICY, RAG_BALANCER_BUFFER_SIZE, ...).",
     )
+
+    def client_keys(self) -> list[str] | dict[str, str]:
+        """``api_keys`` in clear: a list, or names (the teams) to keys."""
+        if isinstance(self.api_keys, dict):
+            return {name: key.get_secret_value() for name, key in self.api_keys.items()}
+        return [key.get_secret_value() for key in self.api_keys]
 
 
 def balancer_settings(**given: Any) -> BalancerSettings:

@@ -13,6 +13,11 @@ never waits behind ingestion texts here; with embedding servers of its own (the 
 does not wait behind them inside a llama-server either, which runs every input of a
 ``/v1/embeddings`` call as its own task in arrival order over all its slots.
 
+Fairness: each text is queued for the tenant of the request that asked for it (the API key's
+name, ``rag.core.pool.tenant``); batches take the queued texts one tenant at a time in turn, so
+one team's burst of searches does not make another's query wait behind all of it, and each
+batch goes to the pool as the tenant of its first text.
+
 One retry layer: each call is sent once. The pool (``rag/core/pool``) fails over to another
 upstream before the first byte and bounds the wait for a slot (its buffer: 429 when full, 503
 after ``buffer_timeout``); retrying on top of it here would multiply that wait. Its errors pass
@@ -23,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import httpx
 
 from rag.core.errors import UpstreamFailed, UpstreamUnavailable
+from rag.core.pool.tenant import resolve_tenant, set_tenant
 
 MARKER_TOKEN = 0
 """Token id put after each text of a batched ``/tokenize`` call ([PAD] in BERT vocabularies)."""
@@ -52,7 +58,11 @@ class Embedder:
         self.upstream = upstream
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self._queue: deque[tuple[str, asyncio.Future[list[float]]]] = deque()
+        # texts waiting per tenant; the first tenant's turn is next
+        self._queues: OrderedDict[str, deque[tuple[str, asyncio.Future[list[float]]]]] = (
+            OrderedDict()
+        )
+        self._waiting = 0
         self._queued = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -60,13 +70,15 @@ class Embedder:
     @property
     def queued(self) -> int:
         """Texts waiting in this embedder's queue (not sent yet)."""
-        return len(self._queue)
+        return self._waiting
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts`` (each must fit the server's micro-batch), keeping their order."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in texts]
-        self._queue.extend(zip(texts, futures, strict=True))
+        queue = self._queues.setdefault(resolve_tenant(None), deque())
+        queue.extend(zip(texts, futures, strict=True))
+        self._waiting += len(texts)
         self._queued.set()
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="embedding-dispatcher")
@@ -79,8 +91,20 @@ class Embedder:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while self._queue:
-            self._queue.popleft()[1].cancel()
+        for queue in self._queues.values():
+            for _, future in queue:
+                future.cancel()
+        self._queues.clear()
+        self._waiting = 0
+
+    def _take(self) -> tuple[str, str, asyncio.Future[list[float]]]:
+        """The next queued text: the oldest of the tenant whose turn it is, which goes last."""
+        tenant, queue = self._queues.popitem(last=False)
+        text, future = queue.popleft()
+        self._waiting -= 1
+        if queue:
+            self._queues[tenant] = queue
+        return tenant, text, future
 
     async def _dispatch(self) -> None:
         gate = asyncio.Semaphore(self.concurrency)
@@ -88,21 +112,26 @@ class Embedder:
             await self._queued.wait()
             await gate.acquire()
             batch: list[tuple[str, asyncio.Future[list[float]]]] = []
-            while self._queue and len(batch) < self.batch_size:
-                text, future = self._queue.popleft()
+            tenant = ""
+            while self._queues and len(batch) < self.batch_size:
+                owner, text, future = self._take()
                 if not future.done():  # its caller may have been cancelled
+                    tenant = tenant if batch else owner
                     batch.append((text, future))
-            if not self._queue:
+            if not self._queues:
                 self._queued.clear()
             if not batch:
                 gate.release()
                 continue
-            task = asyncio.create_task(self._send(batch))
+            task = asyncio.create_task(self._send(batch, tenant))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
             task.add_done_callback(lambda _: gate.release())
 
-    async def _send(self, batch: list[tuple[str, asyncio.Future[list[float]]]]) -> None:
+    async def _send(
+        self, batch: list[tuple[str, asyncio.Future[list[float]]]], tenant: str
+    ) -> None:
+        set_tenant(tenant)  # this task's own context: the pool serves the batch as this tenant
         try:
             body = await self._call("/v1/embeddings", {"input": [text for text, _ in batch]})
             rows = sorted(body["data"], key=lambda row: row["index"])

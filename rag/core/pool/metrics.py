@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from rag.core.pool.buffer import WaitQueue
     from rag.core.pool.upstream import Upstream
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -29,6 +30,8 @@ class PoolMetrics:
         r = self.registry
         self.upstreams = _UpstreamCollector()
         r.register(self.upstreams)
+        self.tenants = _TenantCollector()
+        r.register(self.tenants)
         self.buffered = Gauge(
             "rag_pool_buffered_requests", "Requests waiting for a slot.", ["pool"], registry=r
         )
@@ -94,3 +97,27 @@ class _UpstreamCollector(Collector):
                 total.add_metric([pool, url], upstream.slots_total)
                 up.add_metric([pool, url], 1 if upstream.usable(now) else 0)
         yield from (busy, total, up)
+
+
+class _TenantCollector(Collector):
+    """``rag_pool_buffered_requests_by_tenant`` per pool and tenant, read at scrape time from
+    each pool's buffer: only tenants with requests waiting have a series, and tenants are key
+    names (from the key store or the balancer's settings, never a client's input), so the
+    series are bounded by the keys an operator made."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, WaitQueue] = {}
+
+    def watch(self, pool: str, buffer: WaitQueue) -> None:
+        self._buffers[pool] = buffer
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "rag_pool_buffered_requests_by_tenant",
+            "Requests waiting for a slot, by tenant (API key name; empty: no key).",
+            labels=["pool", "tenant"],
+        )
+        for pool, buffer in self._buffers.items():
+            for tenant, count in buffer.waiting_by_tenant().items():
+                family.add_metric([pool, tenant], count)
+        yield family

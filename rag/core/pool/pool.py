@@ -4,6 +4,8 @@ It owns the membership, one poller task per upstream (``poller.py``) and the sch
 leases (``scheduler.py``: policy, waiting buffer, prefix affinity). ``request`` and ``stream``
 fail over to another upstream on transport errors and 5xx answers as long as nothing has been
 handed to the caller; slots are given back in ``finally`` blocks, so cancellation frees them.
+Each request is made for a tenant (``tenant=``, else the request's own: ``tenant.py``), which
+the buffer serves in turn with the others when slots are short.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rag.core.pool.observe import generation_timings, observe
 from rag.core.pool.policy import check_policy
 from rag.core.pool.poller import run_poller
 from rag.core.pool.scheduler import Lease, Scheduler
+from rag.core.pool.tenant import resolve_tenant
 from rag.core.pool.upstream import Upstream, UpstreamState
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,7 @@ class Pool:
             "buffered": len(self.scheduler.buffer),
             "buffer_size": self.scheduler.buffer.capacity,
             "oldest_wait_seconds": round(self.scheduler.buffer.oldest_wait(), 3),
+            "buffered_by_tenant": self.scheduler.buffer.waiting_by_tenant(),
         }
 
     def _start_poller(self, url: str) -> None:
@@ -197,10 +201,12 @@ class Pool:
         prefix_key: str | Sequence[str] | None,
         budget: int | None,
         read_body: bool,
+        tenant: str | None,
     ) -> tuple[Lease, httpx.Response]:
         """Send the request, failing over until an upstream answers below 500."""
         slot = needs_slot(path)
         prefix = _prefix(prefix_key)
+        for_tenant = resolve_tenant(tenant)
         if budget is None:
             budget = token_budget(json)
         tried: set[str] = set()
@@ -211,7 +217,7 @@ class Pool:
                 if answered is not None:  # every upstream answered 5xx: pass the last one on
                     raise answered  # (llama-server's own 500 for a bad request, not a 502)
                 raise UpstreamFailed(f"every upstream of pool {self.name} failed: {last}")
-            lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget)
+            lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget, for_tenant)
             upstream = lease.upstream
             started = time.perf_counter()
             response: httpx.Response | None = None
@@ -306,11 +312,16 @@ class Pool:
         headers: Mapping[str, str] | None = None,
         prefix_key: str | Sequence[str] | None = None,
         budget: int | None = None,
+        tenant: str | None = None,
     ) -> httpx.Response:
-        """Send a request and return the whole answer (status below 400)."""
+        """Send a request and return the whole answer (status below 400).
+
+        ``tenant``: whom it is for (an API key's name); ``None``: the request being served's
+        (``rag.core.pool.tenant``), else the tenant of requests without a key.
+        """
         lease, response = await self._open(
             method, path, json=json, content=content, headers=headers,
-            prefix_key=prefix_key, budget=budget, read_body=True,
+            prefix_key=prefix_key, budget=budget, read_body=True, tenant=tenant,
         )  # fmt: skip
         try:
             await response.aclose()
@@ -334,15 +345,17 @@ class Pool:
         headers: Mapping[str, str] | None = None,
         prefix_key: str | Sequence[str] | None = None,
         budget: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """An opened upstream response (status below 400) whose body the caller reads.
 
         ``budget``: the most tokens the request may generate, when ``json`` does not say it
         (``n_predict``, ``max_tokens``); it lets the pool see the slot about to free.
+        ``tenant``: as for ``request``.
         """
         lease, response = await self._open(
             method, path, json=json, content=content, headers=headers,
-            prefix_key=prefix_key, budget=budget, read_body=False,
+            prefix_key=prefix_key, budget=budget, read_body=False, tenant=tenant,
         )  # fmt: skip
         try:
             yield response

@@ -1,15 +1,20 @@
 """The scheduler: which upstream gets a request, when, and the buffer of those that wait.
 
 It holds the slot leases of one pool: ``acquire`` returns a lease on an upstream on which a slot
-has been reserved for the caller (at once, or after waiting in the bounded FIFO buffer),
-``release`` gives it back and hands the freed slot to the oldest waiting request. The choice
+has been reserved for the caller (at once, or after waiting in the bounded buffer),
+``release`` gives it back and hands the freed slot to the next waiting request. The choice
 itself is ``policy.choose``; the upstreams' state comes from the pool's pollers.
+
+Fairness: each request is made for a tenant (an API key's name). The buffer serves waiting
+requests one tenant at a time in turn, first in, first out within a tenant (``buffer.py``,
+``fairness.py``); "the next waiting request" below is the next in that order. A full buffer
+makes room for a tenant with fewer waiters by refusing the newest of the tenant with the most.
 
 Early handoff: a slot freed in a llama-server is only seen here when the answer's stream ends,
 and the next request then needs a round trip and a turn of the server's decode loop before it
 starts (17 ms median on two busy cores, against 0.5 ms for a request already queued inside the
 server). So when a streamed generation comes within ``handoff_tokens`` of its token budget
-(``progress``), the oldest waiting request is sent to that upstream at once (or, if none waits
+(``progress``), the next waiting request is sent to that upstream at once (or, if none waits
 yet, the first to arrive before the generation ends), to wait in the server's own queue for the
 slot about to free. Each lease hands on at most one request; the rest keep waiting here, in
 order.
@@ -19,8 +24,9 @@ recently served a request's prompt prefix (and so hold it in their caches) may a
 another has a free slot. For a long shared prefix (a RAG prompt's system prompt and sources)
 evaluating it again elsewhere costs more than waiting a moment, so such a request waits in the
 buffer up to ``affinity_wait`` seconds for one of them, then takes any free slot. Other requests
-are not held up: the buffer hands free slots to whichever waiting request may take them, oldest
-first. Off by default: with a few hot prefixes it keeps each on one server while others idle.
+are not held up: the buffer hands free slots to whichever waiting request may take them, in
+service order. Off by default: with a few hot prefixes it keeps each on one server while others
+idle.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from rag.core.errors import RateLimited, UpstreamUnavailable
 from rag.core.pool.buffer import Waiter, WaitQueue
 from rag.core.pool.metrics import PoolMetrics
 from rag.core.pool.policy import Policy, choose
+from rag.core.pool.tenant import OPEN_TENANT
 from rag.core.pool.upstream import Upstream, UpstreamState
 
 AFFINITY_ENTRIES = 16384
@@ -88,6 +95,7 @@ class Scheduler:
         self._ending: dict[Lease, None] = {}  # leases near their budget, not handed on yet
         self._turn = 0
         metrics.upstreams.watch(name, self._upstreams)
+        metrics.tenants.watch(name, self.buffer)
 
     # --- membership: the pool adds and removes, the scheduler keeps the state ------------------
 
@@ -186,10 +194,13 @@ class Scheduler:
         self._turn += 1
         return self._upstreams[chosen.url]
 
-    def reserve(self, upstream: Upstream, slot: bool, prefix: tuple[str, ...]) -> None:
+    def reserve(
+        self, upstream: Upstream, slot: bool, prefix: tuple[str, ...], tenant: str = OPEN_TENANT
+    ) -> None:
         upstream.requests += 1
         if slot:
             upstream.took_slot()
+            self.buffer.served(tenant)
         if self.affinity:
             for key in prefix:
                 urls = tuple(u for u in self._affinity.get(key, ()) if u != upstream.url)
@@ -210,7 +221,7 @@ class Scheduler:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Hand free slots to waiting requests, oldest first."""
+        """Hand free slots to waiting requests, in turn across tenants."""
         if not len(self.buffer):
             return
         now = time.monotonic()
@@ -228,7 +239,7 @@ class Scheduler:
     def _grant(self, waiter: Waiter, upstream: Upstream) -> None:
         """Take ``waiter`` out of the buffer with a reservation on ``upstream``."""
         self.buffer.remove(waiter)
-        self.reserve(upstream, waiter.needs_slot, waiter.prefix)
+        self.reserve(upstream, waiter.needs_slot, waiter.prefix, waiter.tenant)
         waiter.future.set_result(upstream)
 
     def progress(self, lease: Lease, tokens: int) -> None:
@@ -241,7 +252,7 @@ class Scheduler:
             self.hand_on()
 
     def hand_on(self) -> None:
-        """Send the oldest waiting requests ahead to the slots about to free (``_ending``)."""
+        """Send the next waiting requests ahead to the slots about to free (``_ending``)."""
         if not self._ending or not len(self.buffer):
             return
         now = time.monotonic()
@@ -280,6 +291,17 @@ class Scheduler:
             ):
                 self.repoll(upstream.url)
 
+    def _make_room(self, tenant: str) -> None:
+        """Room in the full buffer for a request of ``tenant``: the newest waiter of the tenant
+        with the most is refused in its place, or else this request is (429 either way)."""
+        self.metrics.rejected.labels(self.name, "buffer_full").inc()
+        error = RateLimited(f"all slots of pool {self.name} are busy and its buffer is full")
+        waiter = self.buffer.make_room(tenant)
+        if waiter is None:
+            raise error
+        if not waiter.future.done():
+            waiter.future.set_exception(error)
+
     def _slot_free(self) -> bool:
         now = time.monotonic()
         return any(u.usable(now) and u.candidate().slots_free > 0 for u in self._upstreams.values())
@@ -299,16 +321,18 @@ class Scheduler:
         prefix: tuple[str, ...],
         exclude: frozenset[str],
         budget: int | None = None,
+        tenant: str = OPEN_TENANT,
     ) -> Lease:
         """A lease on an upstream for a request, waiting in the buffer for a slot if need be.
 
-        ``budget`` is the most tokens the request may generate (for early handoff), if known.
+        ``budget`` is the most tokens the request may generate (for early handoff), if known;
+        ``tenant`` whom it is for (fairness in the buffer).
         """
-        upstream = await self._reserved(slot, prefix, exclude)
+        upstream = await self._reserved(slot, prefix, exclude, tenant)
         return Lease(upstream, slot, budget if slot and self.handoff_tokens > 0 else None)
 
     async def _reserved(
-        self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str]
+        self, slot: bool, prefix: tuple[str, ...], exclude: frozenset[str], tenant: str
     ) -> Upstream:
         retry_after = self.none_can_serve(exclude)
         if retry_after is not None:
@@ -318,19 +342,18 @@ class Scheduler:
         if not slot or len(self.buffer) == 0:  # requests without a slot never wait for one
             upstream = self.pick(slot, prefix, exclude)
             if upstream is not None:
-                self.reserve(upstream, slot, prefix)
+                self.reserve(upstream, slot, prefix, tenant)
                 return upstream
         if self.buffer.full():
             # requests waiting for their prefix's owner may fill it while slots are free
             upstream = self.pick(slot, prefix, exclude, waited=self.affinity_wait)
             if upstream is not None:
-                self.reserve(upstream, slot, prefix)
+                self.reserve(upstream, slot, prefix, tenant)
                 return upstream
-            self.metrics.rejected.labels(self.name, "buffer_full").inc()
-            raise RateLimited(f"all slots of pool {self.name} are busy and its buffer is full")
+            self._make_room(tenant)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Upstream] = loop.create_future()
-        waiter = Waiter(slot, prefix, exclude, future)
+        waiter = Waiter(slot, prefix, exclude, future, tenant)
         self.buffer.push(waiter)
         if slot and self.waits_for_holders(prefix, 0.0):
             loop.call_later(self.affinity_wait, self.dispatch)  # then any upstream will do
