@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BURST = 6  # team A's requests: two run in the slots, four wait
 LONG = {
     "prompt": "Count from one to one thousand: one, two,",
-    "n_predict": 96,  # long enough that B's arrive while A's first ones still run
+    "n_predict": 48,  # long enough that B's arrive while A's first ones still run
     "ignore_eos": True,  # every request as long as the others: slots free in pairs
     "stream": True,
 }
@@ -39,8 +39,8 @@ Streamer = Callable[[str], contextlib.AbstractAsyncContextManager[AsyncIterator[
 async def burst_then_two(
     open_stream: Streamer, buffered: Callable[[], Awaitable[int]], second: str
 ) -> list[str]:
-    """Team A's burst, then two requests for ``second``; the names of the requests in the
-    order their first tokens arrived."""
+    """Team A's burst, then two requests for ``second``; whose each request was (``a``: the
+    burst, ``b``: the two sent after it), in the order their first tokens arrived."""
     started: list[str] = []
 
     async def one(tenant: str, name: str) -> None:
@@ -57,22 +57,23 @@ async def burst_then_two(
         assert await wait_for(lambda: buffered_is(BURST - SLOTS), within=30)
         tasks += [asyncio.create_task(one(second, f"b{n}")) for n in (1, 2)]
         assert await wait_for(lambda: buffered_is(BURST - SLOTS + 2), within=30)
-        assert set(started) <= {"a1", "a2"}, "the first two ended before the test could queue"
+        assert len(started) <= SLOTS, "the first ones ended before the test could queue"
         await asyncio.wait_for(asyncio.gather(*tasks), 300)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return started
+    return [name[0] for name in started]
 
 
 def assert_served_in_turn(started: list[str]) -> None:
     # slots free in pairs (equal generations that started together): each pair's order is the
-    # race of two first tokens, the pairs' order is the buffer's
-    assert set(started[:2]) == {"a1", "a2"}
-    assert set(started[2:4]) == {"b1", "a3"}, started  # B, not served lately, first, then A
-    assert set(started[4:6]) == {"b2", "a4"}, started
-    assert set(started[6:]) == {"a5", "a6"}, started  # FIFO would have left b1, b2 here
+    # race of two first tokens, the pairs' order is the buffer's (and through the balancer, the
+    # order in which A's concurrent requests arrived is theirs: only whose they are counts)
+    assert started[:2] == ["a", "a"], started
+    assert sorted(started[2:4]) == ["a", "b"], started  # B, not served lately, and A in turn
+    assert sorted(started[4:6]) == ["a", "b"], started
+    assert started[6:] == ["a", "a"], started  # first in, first out would have left B's here
 
 
 @pytest.mark.parametrize("second", ["team-b", "team-a"])
@@ -80,7 +81,7 @@ async def test_a_burst_of_one_key_does_not_starve_another_in_the_pool(
     upstreams: list[str], pool_http: PoolClient, second: str
 ) -> None:
     url = upstreams[0]
-    pool: Pool = await healthy_pool(pool_http, [url], buffer_size=16)
+    pool: Pool = await healthy_pool(pool_http, [url], buffer_size=16, buffer_timeout=600)
 
     @contextlib.asynccontextmanager
     async def open_stream(tenant: str) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -97,7 +98,7 @@ async def test_a_burst_of_one_key_does_not_starve_another_in_the_pool(
     if second == "team-b":
         assert_served_in_turn(started)
     else:  # one key: first in, first out, B's requests behind the whole burst
-        assert set(started[:2]) == {"a1", "a2"} and set(started[6:]) == {"b1", "b2"}, started
+        assert started == ["a"] * BURST + ["b", "b"], started
     assert await wait_for(lambda: _idle(pool_http, url), within=10)
 
 
@@ -109,6 +110,7 @@ async def test_a_burst_of_one_key_does_not_starve_another_through_the_balancer(
         upstreams=[url],
         poll_interval=0.2,
         buffer_size=16,
+        buffer_timeout=600,  # a loaded machine: the order is the test, not the speed
         api_keys={"team-a": KEY_A, "team-b": KEY_B},
     )
     keys = {"team-a": KEY_A, "team-b": KEY_B}
