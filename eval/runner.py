@@ -145,15 +145,18 @@ class IngestStats:
 
 
 async def ingested_hashes(store: VectorStore, collection: str) -> dict[str, str]:
-    """Content hash of every document in the collection, read from its first chunk's payload."""
+    """Content hash of every document in the collection, read from its first chunk's payload
+    (``content_sha256``; ``metadata.content_sha256`` in collections ingested before that)."""
     if not await store.collection_exists(collection):
         return {}
     first = models.Filter(
         must=[models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0))]
     )
     found: dict[str, str] = {}
-    async for record in store.records(collection, filter=first, fields=["document_id", "metadata"]):
-        sha = (record.payload.get("metadata") or {}).get("content_sha256")
+    fields = ["document_id", "content_sha256", "metadata"]
+    async for record in store.records(collection, filter=first, fields=fields):
+        legacy = record.payload.get("metadata") or {}
+        sha = record.payload.get("content_sha256") or legacy.get("content_sha256")
         if sha:
             found[str(record.payload["document_id"])] = str(sha)
     return found
@@ -190,7 +193,7 @@ async def ingest_corpus(
         nonlocal done
         info = DocumentInfo(
             id=doc.id, collection=collection, filename=doc.filename(),
-            content_type=doc.content_type(), metadata={"content_sha256": doc.sha256()},
+            content_type=doc.content_type(), content_sha256=doc.sha256(),
             fresh=doc.id not in existing,
         )  # fmt: skip
         async with gate:

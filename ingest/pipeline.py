@@ -60,7 +60,10 @@ class DocumentInfo:
     collection: str
     filename: str
     content_type: str
-    metadata: dict[str, object]
+    # The document's metadata is not here: the registry keeps it once per document, and the
+    # searcher reads it from there (rag/core/search.py), so no chunk carries a copy of it.
+    # Evaluation, which has no registry, keeps its content hash in every chunk's payload.
+    content_sha256: str | None = None
     # First attempt at a document never indexed before: no stale points can exist, so the
     # filtered delete (a scan of every point in Qdrant local mode) is skipped.
     fresh: bool = False
@@ -219,5 +222,5 @@ def _payload(document: DocumentInfo, chunk: Chunk) -> dict[str, object]:
         "heading_path": list(chunk.heading_path),
         "char_start": chunk.char_start,
         "char_end": chunk.char_end,
-        "metadata": document.metadata,
+        **({"content_sha256": document.content_sha256} if document.content_sha256 else {}),
     }

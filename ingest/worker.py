@@ -229,7 +229,6 @@ class Workers:
                     collection=document.collection,
                     filename=document.filename,
                     content_type=document.content_type,
-                    metadata=dict(document.metadata or {}),
                     fresh=job.attempts == 1 and document.chunks is None,
                 ),
                 source,

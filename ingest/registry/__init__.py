@@ -6,7 +6,8 @@
 
 Modules: ``tables`` (schema), ``migrate`` (alembic, run programmatically), ``engine`` (SQLite and
 PostgreSQL set up for concurrent use), ``records`` (what is handed out, and its API shape),
-``queue`` (claims, leases, retries), ``registry`` (documents), ``keys`` (API keys), ``errors``.
+``queue`` (claims, leases, retries), ``registry`` (documents), ``metadata`` (documents' metadata:
+filters and lookups for searches), ``keys`` (API keys), ``errors``.
 """
 
 from ingest.registry.engine import create_registry_engine
@@ -17,6 +18,7 @@ from ingest.registry.errors import (
     RegistryUnavailable,
 )
 from ingest.registry.keys import SCOPES, ApiKey, KeyStore, Scope
+from ingest.registry.metadata import MetadataStore
 from ingest.registry.migrate import migrate
 from ingest.registry.queue import LEASE_EXPIRED, JobQueue, backoff_delay
 from ingest.registry.records import (
@@ -43,6 +45,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "KeyStore",
+    "MetadataStore",
     "Registry",
     "RegistryUnavailable",
     "Scope",

@@ -86,8 +86,15 @@ class Settings(BaseSettings):
         4096,
         ge=2,
         le=65536,
-        description="Largest `metadata` JSON object of an upload (it is copied into every "
-        "chunk's payload), in bytes: 400.",
+        description="Largest `metadata` JSON object of an upload (kept once, in the document's "
+        "registry row), in bytes: 400.",
+    )
+    metadata_filter_max_documents: int = Field(
+        1000,
+        ge=1,
+        le=10000,
+        description="Most documents a search's `metadata` filter may match (their ids become one "
+        "filter of the vector store); more: 400 `metadata_filter_too_broad`.",
     )
 
     # --- where things live --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ingest.chunking import ChunkingOptions
 from ingest.parsepool import ParsePool, ParsePoolOptions
 from ingest.parsing import ParseLimits
 from ingest.pipeline import IngestOptions, prepare_parse_process
-from ingest.registry import KeyStore, Registry, UsageStore
+from ingest.registry import KeyStore, MetadataStore, Registry, UsageStore
 from ingest.worker import Workers
 from rag.answer import AnswerService
 from rag.core.embeddings import Embedder
@@ -162,8 +162,10 @@ async def open_components(
         searcher = Searcher(
             store,
             query_embedder,
+            documents=MetadataStore(registry.engine),  # metadata: once per document, there
             max_query_tokens=settings.embedding_max_tokens,
             score_threshold=settings.score_threshold,
+            max_metadata_matches=settings.metadata_filter_max_documents,
         )
         answers = AnswerService(
             searcher=searcher, pool=generation_pool, embedder=query_embedder, settings=settings

@@ -111,7 +111,6 @@ async def ingest_texts(
             collection=collection,
             filename=filename,
             content_type="text/markdown" if filename.endswith(".md") else "text/plain",
-            metadata={},
         )
         await ingest_document(
             document,
