@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -65,7 +66,8 @@ for i, arg in enumerate(args):
     out.append(arg)
 if "--models-dir" not in args and "--models-preset" not in args:
     out += ["--model", {embedding_model!r} if embedding else {model!r}]
-if {mode!r} == "direct":
+if {mode!r} == "direct":  # killed with the suite's process, even if a test times out
+    die_with_parent(sig=signal.SIGKILL)
     os.execv({llama_server!r}, [{llama_server!r}, *out, "--host", host, "--port", port])
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -99,6 +101,15 @@ signal.signal(signal.SIGINT, stop)
 balancer.wait()
 stop()
 '''
+
+
+SUITE_PORT = 8080
+"""The port llama.cpp's suite starts its servers on (``tools/server/tests/utils.py``)."""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _tests_dir(sdist: Path | None, work: Path) -> Path:
@@ -163,6 +174,8 @@ def main() -> None:
         args.llama_server = args.llama_server or ensure_llama_server(settings)
         args.model = args.model or ensure_generation_model(settings)
         args.embedding_model = args.embedding_model or ensure_embedding_model(settings)
+    if _listening(SUITE_PORT):  # a server left over would answer every test's requests
+        sys.exit(f"port {SUITE_PORT}, the suite's, is in use: stop what listens there first")
     selection = list(args.selection) or ["unit"]
     if args.keyword:
         selection += ["-k", args.keyword]

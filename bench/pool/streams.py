@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,6 +59,7 @@ class Stream:
     ttft: float
     tokens: int
     complete: bool
+    wave: int = 0  # 0: the client's first request, 1: its second, ...
 
 
 async def chat_stream(http: httpx.AsyncClient, url: str, tokens: int) -> Stream:
@@ -98,7 +101,12 @@ async def run_load(urls: list[str], clients: int, requests: int, tokens: int) ->
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
 
         async def client(i: int) -> list[Stream]:
-            return [await chat_stream(http, urls[i % len(urls)], tokens) for _ in range(requests)]
+            got = []
+            for wave in range(requests):
+                stream = await chat_stream(http, urls[i % len(urls)], tokens)
+                stream.wave = wave
+                got.append(stream)
+            return got
 
         started = time.perf_counter()
         results = await asyncio.gather(*(client(i) for i in range(clients)))
@@ -106,6 +114,8 @@ async def run_load(urls: list[str], clients: int, requests: int, tokens: int) ->
     streams = [s for got in results for s in got]
     ok = [s for s in streams if s.status == 200 and s.complete]
     ttfts = [s.ttft for s in ok if s.ttft == s.ttft]
+    first = [s.ttft for s in ok if s.ttft == s.ttft and s.wave == 0]
+    later = [s.ttft for s in ok if s.ttft == s.ttft and s.wave > 0]
     return {
         "wall_s": wall,
         "requests": len(streams),
@@ -113,6 +123,11 @@ async def run_load(urls: list[str], clients: int, requests: int, tokens: int) ->
         "tok_per_s": sum(s.tokens for s in ok) / wall,
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p99_s": percentile(ttfts, 99),
+        # the first wave starts all at once; later requests follow their client's last one
+        "ttft_first_p50_s": percentile(first, 50) if first else None,
+        "ttft_first_p99_s": percentile(first, 99) if first else None,
+        "ttft_later_p50_s": percentile(later, 50) if later else None,
+        "ttft_later_p99_s": percentile(later, 99) if later else None,
         "status_5xx": sum(1 for s in streams if s.status >= 500),
         "broken": sum(1 for s in streams if s.status == 0 or (s.status == 200 and not s.complete)),
         "other_errors": sum(1 for s in streams if 0 < s.status < 500 and s.status != 200),
@@ -133,6 +148,19 @@ def pool_counters(url: str) -> dict[str, float]:
     return found
 
 
+def settle(url: str, within: float = 10.0) -> float:
+    """Wait until the balancer at ``url`` sees every upstream idle (no slot busy, its own or
+    other clients'), so that each phase starts from the same state: right after the direct phase
+    the balancer's last poll may still count the direct clients' slots as busy. Seconds taken."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        upstreams = httpx.get(f"{url}/v1/pool", timeout=10.0).json()["upstreams"]
+        if all(u["slots_busy"] == 0 for u in upstreams):
+            break
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
 def waits(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     result = {name: delta.get(metric, 0.0) for name, metric in COUNTERS.items()}
@@ -148,6 +176,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--requests", type=int, default=3, help="per client, back to back")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--logs", type=Path, help="copy the servers' logs into this folder")
     add_server_options(parser)
     args = parser.parse_args()
     options = server_options(args)
@@ -172,6 +201,7 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {"direct": [], "balancer": []}
             for names in orders(["direct", "balancer"], args.rounds):
                 for name in names:
+                    settled = settle(via)
                     before, cpu = pool_counters(via), cpu_seconds(via)
                     urls = upstreams if name == "direct" else [via]
                     got = asyncio.run(run_load(urls, streams, args.requests, args.tokens))
@@ -180,9 +210,14 @@ def main() -> None:
                         # the balancer's CPU over the load: near 1 core per second of wall time
                         # means its one process is the bound
                         got["balancer_cpu_s"] = cpu_seconds(via) - cpu
+                        got["settled_s"] = settled
                     runs[name].append(got)
                     print(streams, name, json.dumps(got), flush=True)
             result["runs"][str(streams)] = runs
+        if args.logs is not None:  # llama-servers' and the balancer's logs, for a diagnosis
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("*.log"):
+                shutil.copy(log, args.logs / log.name)
     report(result, args)
 
 
@@ -191,7 +226,7 @@ def _sum(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    rows, groups = [], {}
+    rows, groups, waves = [], {}, []
     summary: dict[str, Any] = {}
     for streams, runs in result["runs"].items():
         direct, via = runs["direct"], runs["balancer"]
@@ -220,6 +255,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{'met' if all(goals.values()) else 'missed'} |"
         )
         groups[f"{streams} streams"] = {"tok/s": tps, "TTFT p99": p99}
+        if d.get("ttft_first_p50_s") is not None and d.get("ttft_later_p50_s") is not None:
+            waves.append(
+                f"| {streams} | " + " | ".join(
+                    f"{r[f'ttft_{w}_p50_s'] * 1000:.0f} / {r[f'ttft_{w}_p99_s'] * 1000:.0f}"
+                    for r in (d, b) for w in ("first", "later")
+                ) + " |"
+            )  # fmt: skip
     result["summary"] = summary
     lines = [
         "# Pool benchmark: saturation with streamed generations",
@@ -243,6 +285,16 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         "",
         "Goals (issue 13): tok/s ratio >= 0.97, TTFT p99 <= 1.2x direct, no 5xx.",
     ]
+    if waves:
+        lines += [
+            "",
+            "TTFT p50 / p99 in ms by wave (first: every client's first request, sent all at "
+            "once; later: the requests each client sends when its last one ends), last round:",
+            "",
+            "| streams | direct first | direct later | balancer first | balancer later |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            *waves,
+        ]
     publish("pool-streams", result, lines, env=result["machine"],
             title="Saturation: balancer / direct (best static split)", groups=groups,
             ylabel="ratio balancer / direct")  # fmt: skip
