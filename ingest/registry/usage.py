@@ -33,6 +33,7 @@ class UsageRow:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    embedding_tokens: int = 0  # the usage table's column since migration 0004
 
     def to_api(self) -> dict[str, Any]:
         return {

@@ -25,12 +25,13 @@ from starlette.types import Receive, Scope, Send
 from ingest.registry import ApiKey, UsageStore
 from rag.answer import Question
 from rag.answer.service import Event
-from rag.api.auth import ReadKey, hidden_collection, usable_collection
+from rag.api.auth import KEYED_ERRORS, ReadKey, hidden_collection, usable_collection
 from rag.api.deps import AnswersDep, ComponentsDep, SettingsDep
 from rag.api.search import FilterBody
 from rag.core.errors import NotFound, QuotaExceeded, RagError
+from rag.web.error_schema import error_responses
 
-router = APIRouter(tags=["retrieval"])
+router = APIRouter(tags=["retrieval"], responses=KEYED_ERRORS)
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +77,7 @@ def format_event(name: str, data: dict[str, Any]) -> bytes:
 @router.post(
     "/v1/answer",
     summary="Answer a question from the collection's documents",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(400, 404, 502)},
 )
 async def answer(
     body: AnswerBody,

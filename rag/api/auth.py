@@ -27,6 +27,12 @@ from rag.core.collections import check_collection
 from rag.core.errors import Forbidden, NotFound, Unauthorized
 from rag.core.pool.tenant import set_tenant
 from rag.service.keys import OPEN
+from rag.web.error_schema import error_responses
+
+KEYED_ERRORS = error_responses(401, 403, 408, 413, 422, 429, 503)
+"""What every route that needs a key may answer besides its own (for its router's
+``responses=``): no or a dead key, a missing scope, a body too large or too slow, an invalid
+request, the key past its rate, the registry unreachable while the key is looked up."""
 
 
 def bearer_token(request: Request) -> str | None:

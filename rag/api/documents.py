@@ -10,16 +10,24 @@ from fastapi.responses import JSONResponse
 
 from ingest.detect import SAMPLE_BYTES, DetectionError, detect_content_type
 from ingest.registry import ApiKey, DocumentRecord, DocumentStatus, JobNotRetryable, Registry
-from rag.api.auth import ReadKey, WriteKey, hidden_collection
+from rag.api.auth import KEYED_ERRORS, ReadKey, WriteKey, hidden_collection
 from rag.api.deps import BlobsDep, RegistryDep, SettingsDep, StoreDep, WorkersDep
-from rag.api.upload import UploadedFile, read_upload
+from rag.api.upload import UNCHANGED, UPLOAD_BODY, UploadedFile, read_upload
 from rag.core.collections import check_collection
 from rag.core.errors import Conflict, InvalidRequest, NotFound, UnsupportedType
+from rag.web.error_schema import error_responses
 
-router = APIRouter(tags=["documents"])
+router = APIRouter(tags=["documents"], responses=KEYED_ERRORS)
+NOT_FOUND = error_responses(404)
 
 
-@router.post("/v1/documents", status_code=202, summary="Upload one or more documents")
+@router.post(
+    "/v1/documents",
+    status_code=202,
+    summary="Upload one or more documents",
+    responses={200: UNCHANGED, **error_responses(400, 404, 415)},
+    openapi_extra=UPLOAD_BODY,
+)
 async def upload_documents(
     request: Request,
     settings: SettingsDep,
@@ -87,7 +95,7 @@ async def upload_documents(
     return JSONResponse({"documents": answers}, status_code=202 if created_any else 200)
 
 
-@router.get("/v1/documents", summary="A page of documents")
+@router.get("/v1/documents", summary="A page of documents", responses=error_responses(400))
 async def list_documents(
     registry: RegistryDep,
     key: ReadKey,
@@ -113,7 +121,7 @@ async def list_documents(
     return {"documents": [d.to_api() for d in documents], "next_cursor": next_cursor}
 
 
-@router.get("/v1/documents/{document_id}", summary="One document")
+@router.get("/v1/documents/{document_id}", summary="One document", responses=NOT_FOUND)
 async def get_document(registry: RegistryDep, key: ReadKey, document_id: str) -> dict[str, Any]:
     return (await _document_of(registry, key, document_id)).to_api()
 
@@ -126,7 +134,12 @@ async def _document_of(registry: Registry, key: ApiKey, document_id: str) -> Doc
     return document
 
 
-@router.delete("/v1/documents/{document_id}", status_code=204, summary="Delete a document")
+@router.delete(
+    "/v1/documents/{document_id}",
+    status_code=204,
+    summary="Delete a document",
+    responses=NOT_FOUND,
+)
 async def delete_document(
     registry: RegistryDep, store: StoreDep, blobs: BlobsDep, key: WriteKey, document_id: str
 ) -> Response:
@@ -143,7 +156,10 @@ async def delete_document(
 
 
 @router.post(
-    "/v1/documents/{document_id}/retry", status_code=202, summary="Retry a failed document"
+    "/v1/documents/{document_id}/retry",
+    status_code=202,
+    summary="Retry a failed document",
+    responses=error_responses(404, 409),
 )
 async def retry_document(
     registry: RegistryDep, workers: WorkersDep, key: WriteKey, document_id: str
@@ -156,7 +172,9 @@ async def retry_document(
     return await retry_job(registry, workers, key, job.id)
 
 
-@router.get("/v1/jobs/{job_id}", summary="State and progress of an ingestion job")
+@router.get(
+    "/v1/jobs/{job_id}", summary="State and progress of an ingestion job", responses=NOT_FOUND
+)
 async def get_job(registry: RegistryDep, key: ReadKey, job_id: str) -> dict[str, Any]:
     await _job_allowed(registry, key, job_id)
     job = await registry.get_job(job_id)
@@ -175,7 +193,12 @@ async def _job_allowed(registry: Registry, key: ApiKey, job_id: str) -> None:
         raise NotFound(f"no job {job_id}")
 
 
-@router.post("/v1/jobs/{job_id}/retry", status_code=202, summary="Requeue a failed job")
+@router.post(
+    "/v1/jobs/{job_id}/retry",
+    status_code=202,
+    summary="Requeue a failed job",
+    responses=error_responses(404, 409),
+)
 async def retry_job(
     registry: RegistryDep, workers: WorkersDep, key: WriteKey, job_id: str
 ) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
-from rag.api.auth import AdminKey
+from rag.api.auth import KEYED_ERRORS, AdminKey
 from rag.api.deps import (
     EmbeddingPoolDep,
     GenerationPoolDep,
@@ -24,6 +25,19 @@ from rag.core.errors import RagError
 
 router = APIRouter(tags=["operations"])
 READY_PROBE_TIMEOUT = 3.0
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, dict[str, Any]]
+    missing: list[str]
+
+
+NOT_READY = {
+    "model": Readiness,
+    "description": "Not ready: `missing` names the checks that failed",
+    "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+}
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -54,7 +68,11 @@ async def _probe(name: str, check: Any) -> tuple[str, dict[str, Any]]:
     return name, {"ok": True}
 
 
-@router.get("/readyz", summary="Stores, registry, llama.cpp pools and parse processes are ready")
+@router.get(
+    "/readyz",
+    summary="Stores, registry, llama.cpp pools and parse processes are ready",
+    responses={200: {"model": Readiness}, 503: NOT_READY},
+)
 async def readyz(
     registry: RegistryDep,
     store: StoreDep,
@@ -81,12 +99,21 @@ async def readyz(
     return JSONResponse(body, status_code=503 if missing else 200, headers=headers)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **KEYED_ERRORS},
+)
 async def metrics(metrics: MetricsDep, _: AdminKey) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/runtime", summary="Supervised llama-server children and their state")
+@router.get(
+    "/v1/runtime",
+    summary="Supervised llama-server children and their state",
+    responses=KEYED_ERRORS,
+)
 async def runtime_children(supervisor: SupervisorDep, _: AdminKey) -> dict[str, Any]:
     children = []
     if supervisor is not None:
@@ -105,7 +132,11 @@ async def runtime_children(supervisor: SupervisorDep, _: AdminKey) -> dict[str, 
     return {"children": children}
 
 
-@router.get("/v1/pool", summary="Upstreams of the embedding, query-embedding and generation pools")
+@router.get(
+    "/v1/pool",
+    summary="Upstreams of the embedding, query-embedding and generation pools",
+    responses=KEYED_ERRORS,
+)
 async def pools(
     embedding_pool: EmbeddingPoolDep,
     generation_pool: GenerationPoolDep,

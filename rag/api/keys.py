@@ -9,11 +9,12 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from ingest.registry import ApiKey, Scope
-from rag.api.auth import AdminKey, ReadKey
+from rag.api.auth import KEYED_ERRORS, AdminKey, ReadKey
 from rag.api.deps import ComponentsDep
 from rag.core.errors import NotFound
+from rag.web.error_schema import error_responses
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], responses=KEYED_ERRORS)
 
 
 class KeyBody(BaseModel):
@@ -26,7 +27,12 @@ class KeyBody(BaseModel):
     )
 
 
-@router.post("/v1/keys", status_code=201, summary="Create an API key (shown once)")
+@router.post(
+    "/v1/keys",
+    status_code=201,
+    summary="Create an API key (shown once)",
+    responses=error_responses(400),
+)
 async def create_key(body: KeyBody, components: ComponentsDep, _: AdminKey) -> dict[str, Any]:
     token, key = await components.auth.store.create(
         name=body.name, scopes=body.scopes, collections=body.collections
@@ -47,7 +53,12 @@ async def own_key(key: ReadKey) -> dict[str, Any]:
     return key.to_api()
 
 
-@router.delete("/v1/keys/{key_id}", status_code=204, summary="Revoke an API key")
+@router.delete(
+    "/v1/keys/{key_id}",
+    status_code=204,
+    summary="Revoke an API key",
+    responses=error_responses(404),
+)
 async def revoke_key(key_id: str, components: ComponentsDep, _: AdminKey) -> Response:
     revoked: ApiKey | None = await components.auth.revoke(key_id)
     if revoked is None:

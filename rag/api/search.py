@@ -7,13 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from rag.api.auth import ReadKey, hidden_collection, usable_collection
+from rag.api.auth import KEYED_ERRORS, ReadKey, hidden_collection, usable_collection
 from rag.api.deps import SearcherDep, SettingsDep
 from rag.core.errors import NotFound
 from rag.core.search import SearchFilter
 from rag.core.vectorstore import Retrieval
+from rag.web.error_schema import error_responses
 
-router = APIRouter(tags=["retrieval"])
+router = APIRouter(tags=["retrieval"], responses=KEYED_ERRORS)
 
 
 MAX_FILTER_VALUES = 100
@@ -48,7 +49,7 @@ class SearchBody(BaseModel):
     retrieval: Retrieval | None = None
 
 
-@router.post("/v1/search", summary="Nearest chunks to a query")
+@router.post("/v1/search", summary="Nearest chunks to a query", responses=error_responses(400, 404))
 async def search(
     body: SearchBody, searcher: SearcherDep, settings: SettingsDep, key: ReadKey
 ) -> dict[str, Any]:

@@ -32,6 +32,36 @@ MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 16
 MAX_METADATA_DEPTH = 8
 
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One part per document.",
+                        },
+                        "collection": {"type": "string", "default": "default"},
+                        "metadata": {
+                            "type": "string",
+                            "description": "A JSON object, kept with each document.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+"""The OpenAPI request body of an upload (the route reads the stream itself, so FastAPI cannot
+infer it)."""
+
+UNCHANGED = {"description": "Every file was in the collection already: the existing documents"}
+
 
 @dataclass
 class UploadedFile:

@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from rag.api.auth import ReadKey
+from rag.api.auth import KEYED_ERRORS, ReadKey
 from rag.api.deps import ComponentsDep
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], responses=KEYED_ERRORS)
 
 
 @router.get("/v1/usage", summary="Prompt and completion tokens per key, collection and day")

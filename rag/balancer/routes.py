@@ -20,10 +20,14 @@ from rag.balancer.settings import BalancerSettings
 from rag.balancer.upstream_metrics import upstream_metrics
 from rag.core.errors import Conflict, UpstreamUnavailable
 from rag.core.pool import Pool, PoolMetrics
+from rag.web.error_schema import error_responses
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+ADMIN_ERRORS = error_responses(401, 408, 413)
+"""What every admin route may answer besides its own: no or a wrong admin key (the guard), a body
+too large or too slow."""
 
 
 def _pool(request: Request) -> Pool:
@@ -31,7 +35,12 @@ def _pool(request: Request) -> Pool:
     return pool
 
 
-@router.get("/health", tags=["operations"], summary="200 when an upstream can take requests")
+@router.get(
+    "/health",
+    tags=["operations"],
+    summary="200 when an upstream can take requests",
+    responses=error_responses(503),
+)
 async def health(request: Request) -> dict[str, Any]:
     upstreams = _pool(request).status()["upstreams"]
     ready = [u for u in upstreams if u["state"] == "healthy" and not u["draining"]]
@@ -40,16 +49,35 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "upstreams_ready": len(ready), "upstreams": len(upstreams)}
 
 
-@router.get("/v1/pool", tags=["pool"], summary="Upstreams, their slots and the buffer")
+@router.get(
+    "/v1/pool",
+    tags=["pool"],
+    summary="Upstreams, their slots and the buffer",
+    responses=ADMIN_ERRORS,
+)
 async def pool_status(request: Request) -> dict[str, Any]:
     return _pool(request).status()
 
 
 class UpstreamIn(BaseModel):
-    url: str = Field(max_length=2048, description="http(s)://host:port, nothing more.")
+    url: str = Field(
+        max_length=2048,
+        description="http(s)://host:port, nothing more.",
+        examples=["http://127.0.0.1:8081"],
+    )
 
 
-@router.post("/v1/pool/upstreams", tags=["pool"], summary="Register an upstream")
+@router.post(
+    "/v1/pool/upstreams",
+    tags=["pool"],
+    summary="Register an upstream",
+    status_code=201,
+    responses={
+        200: {"description": "Registered already: its entry"},
+        **ADMIN_ERRORS,
+        **error_responses(400, 409, 422),
+    },
+)
 async def add_upstream(request: Request, upstream: UpstreamIn) -> JSONResponse:
     pool = _pool(request)
     settings: BalancerSettings = request.app.state.settings
@@ -62,7 +90,16 @@ async def add_upstream(request: Request, upstream: UpstreamIn) -> JSONResponse:
     return JSONResponse(entry, status_code=200 if known else 201)
 
 
-@router.delete("/v1/pool/upstreams", tags=["pool"], summary="Drain and remove an upstream")
+@router.delete(
+    "/v1/pool/upstreams",
+    tags=["pool"],
+    summary="Drain and remove an upstream",
+    responses={
+        202: {"description": "Draining: removed once its requests end"},
+        **ADMIN_ERRORS,
+        **error_responses(404, 422),
+    },
+)
 async def remove_upstream(request: Request, url: str, wait: bool = False) -> JSONResponse:
     pool = _pool(request)
     url = url.rstrip("/")
@@ -77,7 +114,13 @@ async def remove_upstream(request: Request, url: str, wait: bool = False) -> JSO
     return JSONResponse({"url": url, "removed": drain.done(), "draining": True}, status_code=202)
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **ADMIN_ERRORS},
+)
 async def metrics(request: Request) -> Response:
     """The pool's own families, then the upstreams' llama.cpp families (``--metrics``), each
     labelled by upstream and aggregated without the label."""
