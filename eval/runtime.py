@@ -80,7 +80,7 @@ async def embedding_service(
             supervisor = Supervisor(
                 prepared.llama_server, specs, logs_dir=settings.logs_dir, http=http,
                 start_timeout=settings.child_start_timeout,
-                backoff_max=settings.child_restart_backoff_max,
+                backoff_max=settings.child_restart_backoff_max, api_keys=True,
             )  # fmt: skip
             follow_supervisor(pool, supervisor, "embedding")
             await supervisor.start()

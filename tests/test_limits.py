@@ -19,7 +19,7 @@ import uvicorn
 from rag.api.app import create_app
 from rag.core.runtime.supervisor import free_port
 from rag.core.settings import Settings
-from rag.web.limits import server_options
+from rag.web.server import server_options
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,6 +36,7 @@ async def base(
             "max_body_bytes": LIMIT,
             "max_header_bytes": 16 * 1024,
             "body_read_timeout": 0.5,
+            "body_min_rate": 1000.0,
             "max_upload_bytes": 4 * LIMIT,
         }
     )
@@ -46,7 +47,7 @@ async def base(
         port=port,
         log_level="warning",
         lifespan="on",
-        **server_options(settings.max_header_bytes),
+        **server_options(settings.max_header_bytes, settings.header_read_timeout),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -113,6 +114,36 @@ async def test_a_body_that_stops_arriving_is_408(base: str) -> None:
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)  # then nothing more
         assert head.startswith(b"HTTP/1.1 408"), head
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_trickles_in_is_408(base: str) -> None:
+    """A byte every 0.2 s never leaves a gap of 0.5 s, but stays far below 1000 bytes/s."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = asyncio.get_running_loop().time()
+    try:
+        writer.write(
+            b"POST /v1/search HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n{"
+        )
+        await writer.drain()
+
+        async def trickle() -> None:
+            for _ in range(100):
+                await asyncio.sleep(0.2)
+                writer.write(b" ")
+                await writer.drain()
+
+        sending = asyncio.create_task(trickle())
+        try:
+            answer = await asyncio.wait_for(reader.read(65536), 15)
+        finally:
+            sending.cancel()
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"slower than 1000 bytes/s" in answer
+        assert asyncio.get_running_loop().time() - started < 5
     finally:
         writer.close()
 

@@ -69,6 +69,58 @@ def _child_pids(base: str, headers: dict[str, str]) -> list[int]:
     return [int(child["pid"]) for child in children]
 
 
+def _children_need_their_key(base: str, admin: dict[str, str]) -> None:
+    """Each child started with a generated --api-key, from its environment (not its command
+    line, which any user can read): without it llama-server answers 401, except /health."""
+    children = httpx.get(f"{base}/v1/runtime", headers=admin, timeout=5).json()["children"]
+    for child in children:
+        url = child["url"]
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        for path in ("/slots", "/props", "/metrics"):
+            assert httpx.get(url + path, timeout=5).status_code == 401, (child, path)
+        wrong = {"authorization": "Bearer not-the-key"}
+        assert httpx.get(f"{url}/slots", headers=wrong, timeout=5).status_code == 401
+        route = "/completion" if child["role"] == "generation" else "/v1/embeddings"
+        body = {"prompt": "hi", "n_predict": 1} if route == "/completion" else {"input": ["hi"]}
+        assert httpx.post(url + route, json=body, timeout=30).status_code == 401
+        cmdline = Path(f"/proc/{child['pid']}/cmdline").read_bytes()
+        assert b"api-key" not in cmdline and b"api_key" not in cmdline
+        environ = Path(f"/proc/{child['pid']}/environ").read_bytes().split(b"\0")
+        assert any(entry.startswith(b"LLAMA_API_KEY=") for entry in environ)
+        key = next(e for e in environ if e.startswith(b"LLAMA_API_KEY=")).split(b"=", 1)[1]
+        assert len(key) >= 43  # secrets.token_urlsafe(32)
+        assert key not in httpx.get(f"{base}/v1/runtime", headers=admin, timeout=5).content
+
+
+def _serves_end_to_end(base: str, admin: dict[str, str]) -> None:
+    """Ingestion (the embedding child), search (the query child) and an answer (the
+    generation child) all go through children that want their key."""
+    text = b"The lighthouse lamp is visible for twenty nautical miles on a clear night.\n"
+    with httpx.Client(base_url=base, headers=admin, timeout=120) as http:
+        upload = http.post(
+            "/v1/documents",
+            files={"file": ("lighthouse.txt", text, "text/plain")},
+            data={"collection": "keyed"},
+        )
+        assert upload.status_code == 202, upload.text
+        job_id = upload.json()["documents"][0]["job_id"]
+        deadline = time.monotonic() + 120
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        while job["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+            job = http.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "succeeded", job
+        found = http.post("/v1/search", json={"query": "lighthouse lamp", "collection": "keyed"})
+        assert found.status_code == 200, found.text
+        assert found.json()["results"]
+        answer = http.post(
+            "/v1/answer", json={"question": "How far is the lamp visible?", "collection": "keyed"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] > 0
+
+
 def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
     service: tuple[subprocess.Popen[bytes], str], tmp_path: Path
 ) -> None:
@@ -87,6 +139,8 @@ def test_run_becomes_ready_serves_metrics_and_stops_cleanly(
     assert 'rag_llama_child_up{name="embedding",role="embedding"} 1.0' in metrics.text
     pids = _child_pids(base, admin)
     assert all(running(pid) for pid in pids)
+    _children_need_their_key(base, admin)
+    _serves_end_to_end(base, admin)
 
     process.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal to exit with its usual status

@@ -59,6 +59,7 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         read_timeout=settings.body_read_timeout,
+        min_rate=settings.body_min_rate,
         # uploads check their own limit while they stream; multipart framing on top
         large={("POST", "/v1/documents"): settings.max_upload_bytes + 1024 * 1024},
     )

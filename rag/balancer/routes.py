@@ -127,7 +127,9 @@ async def metrics(request: Request) -> Response:
     registry: PoolMetrics = request.app.state.metrics
     pool = _pool(request)
     urls = [u["url"] for u in pool.status()["upstreams"] if u["state"] == "healthy"]
-    upstreams, headers = await upstream_metrics(pool.http, urls, pool.poll_headers)
+    upstreams, headers = await upstream_metrics(
+        pool.http, {url: pool.auth_headers(url) for url in urls}
+    )
     body = generate_latest(registry.registry) + upstreams.encode()
     response = Response(body, media_type=CONTENT_TYPE_LATEST)
     # spelled as llama-server spells it (Starlette would write it in lower case)

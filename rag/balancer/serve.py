@@ -9,6 +9,7 @@ import uvicorn
 
 from rag.balancer.app import create_balancer_app
 from rag.balancer.settings import BalancerSettings
+from rag.web.server import server_options
 
 
 def serve(settings: BalancerSettings) -> None:
@@ -21,7 +22,9 @@ def serve(settings: BalancerSettings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        http=settings.http,
+        **server_options(
+            settings.max_header_bytes, settings.header_read_timeout, http=settings.http
+        ),
         access_log=settings.log_level == "debug",  # a line per request costs ~10% of the CPU
         server_header=False,  # the upstream's own Server header passes through
         proxy_headers=False,  # X-Forwarded-* go upstream unchanged; nothing here reads them

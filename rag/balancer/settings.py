@@ -43,6 +43,17 @@ class BalancerSettings(BaseSettings):
         "response header names in lower case; h11 keeps the upstream's spelling, for clients "
         "that compare header names case-sensitively.",
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers), in bytes: 431.",
+    )
+    header_read_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request head may take from its first byte (or the connection's "
+        "opening) to its end before a 408 and a closed connection.",
+    )
     admin_key: SecretStr | None = Field(
         None,
         description="Key of the admin routes (pool status and membership, /metrics), sent as "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,11 +33,12 @@ class _Family:
 
 
 async def upstream_metrics(
-    http: httpx.AsyncClient, urls: Sequence[str], headers: Mapping[str, str] | None = None
+    http: httpx.AsyncClient, upstreams: Mapping[str, Mapping[str, str]]
 ) -> tuple[str, dict[str, str]]:
-    """The text of the upstreams' families and the headers to pass on (``headers``: the
-    upstreams' API key, if any)."""
-    answers = await asyncio.gather(*(_read(http, url, headers or {}) for url in urls))
+    """The text of the families of ``upstreams`` (URL: the headers with its API key) and the
+    headers to pass on. Only those upstreams appear: a removed one's series are gone."""
+    urls = list(upstreams)
+    answers = await asyncio.gather(*(_read(http, url, upstreams[url]) for url in urls))
     families: dict[str, _Family] = {}
     passed: dict[str, str] = {}
     for url, answer in zip(urls, answers, strict=True):

@@ -24,7 +24,7 @@ from rag.core.runtime.prepare import PreparedRuntime, prepare_runtime
 from rag.core.runtime.status import runtime_status
 from rag.core.runtime.verify import verify_embedding_model
 from rag.core.settings import Settings
-from rag.web.limits import server_options
+from rag.web.server import server_options
 
 app = typer.Typer(help="Self-hosted RAG service on llama.cpp.", no_args_is_help=True)
 runtime_app = typer.Typer(help="Build llama-server, prepare models, show status.")
@@ -75,7 +75,7 @@ def run(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        **server_options(settings.max_header_bytes),
+        **server_options(settings.max_header_bytes, settings.header_read_timeout),
     )
 
 
@@ -91,7 +91,7 @@ def serve(host: HostOption = None, port: PortOption = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        **server_options(settings.max_header_bytes),
+        **server_options(settings.max_header_bytes, settings.header_read_timeout),
     )
 
 

@@ -4,11 +4,12 @@
     ├── InvalidRequest            400 invalid_request
     │   ├── ValidationFailed      422 validation_error
     │   ├── UnsupportedType       415 unsupported_type
-    │   └── PayloadTooLarge       413 payload_too_large
+    │   ├── PayloadTooLarge       413 payload_too_large
+    │   └── HeaderTooLarge        431 header_too_large: the request head (rag/web/server.py)
     ├── Unauthorized              401 unauthorized       (WWW-Authenticate: Bearer)
     ├── Forbidden                 403 forbidden: the key lacks the scope
     ├── NotFound                  404 not_found
-    ├── RequestTimeout            408 request_timeout: the body stopped arriving
+    ├── RequestTimeout            408 request_timeout: the head or body stopped arriving
     ├── Conflict                  409 conflict
     ├── RateLimited               429 rate_limited       (Retry-After)
     │   └── QuotaExceeded         429 quota_exceeded: a key past its rate (Retry-After)
@@ -68,6 +69,11 @@ class UnsupportedType(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     type = "payload_too_large"
+
+
+class HeaderTooLarge(InvalidRequest):
+    status = 431
+    type = "header_too_large"
 
 
 class Unauthorized(RagError):

@@ -75,12 +75,26 @@ class Settings(BaseSettings):
         description="Largest request body of every route but uploads (RAG_MAX_UPLOAD_BYTES): 413.",
     )
     max_header_bytes: int = Field(
-        64 * 1024, ge=1024, description="Largest request head (request line and headers)."
+        64 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers), in bytes: 431.",
+    )
+    header_read_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request head may take from its first byte (or the connection's "
+        "opening) to its end before a 408 and a closed connection.",
     )
     body_read_timeout: float = Field(
         30.0,
         gt=0,
         description="Seconds a request body may pause between two chunks before a 408.",
+    )
+    body_min_rate: float = Field(
+        1024.0,
+        ge=0,
+        description="Bytes a second a request body must average once its first "
+        "RAG_BODY_READ_TIMEOUT has passed, or 408 (a body that trickles in); 0: no minimum.",
     )
     max_metadata_bytes: int = Field(
         4096,

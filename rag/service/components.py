@@ -222,10 +222,16 @@ def _supervisor(
         http=http,
         start_timeout=settings.child_start_timeout,
         backoff_max=settings.child_restart_backoff_max,
+        api_keys=True,  # each start a new key, which only the pools get (membership.py)
     )
 
     def on_change(child: Child) -> None:
         labels = (child.spec.name, child.spec.role)
+        if child.state is ChildState.STOPPED and child not in supervisor.children:
+            for gauge in (metrics.child_up, metrics.child_restarts):  # removed: its series go
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+            return
         metrics.child_up.labels(*labels).set(1 if child.state is ChildState.HEALTHY else 0)
         metrics.child_restarts.labels(*labels).set(child.restarts)
 

@@ -3,23 +3,28 @@
 ``BodyLimitMiddleware`` answers ``413 payload_too_large`` for a body whose ``Content-Length`` is
 over the limit before reading a byte of it, and stops reading a body without one (chunked) as
 soon as it passes the limit; a body whose next chunk does not arrive within ``read_timeout``
-seconds is ``408 request_timeout``. While a route reads, both are raised as Starlette's
+seconds is ``408 request_timeout``, and so is one that trickles in: past its first
+``read_timeout`` seconds it must keep up an average of ``min_rate`` bytes a second (each byte
+received buys ``1 / min_rate`` s; a byte every 29 s would otherwise hold a connection for ever
+under a 30 s gap). While a route reads, both are raised as Starlette's
 ``HTTPException`` (FastAPI's body parsing passes that on, and turns anything else into a 400);
 ``rag/web/errors.py`` gives them the error shape. Routes that stream big bodies themselves
-(uploads, with their own limit) are named in ``large`` with their own limit. Header size is the
-HTTP server's (uvicorn's h11 ``h11_max_incomplete_event_size``, see :func:`server_options`).
+(uploads, with their own limit) are named in ``large`` with their own limit. The request head
+is bounded in size and time by the HTTP server's protocol (``rag/web/server.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.core.errors import PayloadTooLarge, RagError, RequestTimeout
 from rag.web.errors import error_response
+
+DEFAULT_MIN_RATE = 1024.0
+"""Bytes a second a request body must average once its first ``read_timeout`` has passed."""
 
 
 class BodyLimitMiddleware:
@@ -29,11 +34,13 @@ class BodyLimitMiddleware:
         *,
         max_bytes: int,
         read_timeout: float,
+        min_rate: float = DEFAULT_MIN_RATE,
         large: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
+        self.min_rate = min_rate  # 0: no minimum
         self.large = large or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,17 +57,27 @@ class BodyLimitMiddleware:
             return
         received = 0
         done = False
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
 
         async def limited_receive() -> Message:
             nonlocal received, done
             if done:  # the body is read: what remains is waiting for a disconnect
                 return await receive()
+            wait = self.read_timeout
+            if self.min_rate:
+                earned = begun + self.read_timeout + received / self.min_rate - loop.time()
+                wait = min(wait, earned)
             try:
-                message = await asyncio.wait_for(receive(), self.read_timeout)
+                if wait <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), wait)
             except TimeoutError as exc:
-                raise HTTPException(
-                    408, f"no part of the request body arrived for {self.read_timeout} s"
-                ) from exc
+                if wait < self.read_timeout:
+                    detail = f"the request body arrived slower than {self.min_rate:g} bytes/s"
+                else:
+                    detail = f"no part of the request body arrived for {self.read_timeout} s"
+                raise HTTPException(408, detail) from exc
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -92,13 +109,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def server_options(max_header_bytes: int, keep_alive: float = 5.0) -> dict[str, Any]:
-    """uvicorn options that bound a request's headers: the h11 parser refuses (431/400) a head
-    larger than ``max_header_bytes``; httptools has no such limit."""
-    return {
-        "http": "h11",
-        "h11_max_incomplete_event_size": max_header_bytes,
-        "timeout_keep_alive": keep_alive,
-    }

@@ -3,7 +3,8 @@
 One ``PoolMetrics`` may serve several pools: every series carries the pool's name. The state of
 each upstream (slots busy and total, up) is read from the pools' upstreams when the registry is
 scraped, not written on every request (six gauge writes, each under a lock, were a tenth of the
-pool's own time per request).
+pool's own time per request). Counters labelled by upstream (requests, errors) keep only the
+pools' current upstreams: a removed upstream's series are dropped when the registry is scraped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+_REQUEST_LABELS = ("pool", "upstream", "status")
+_ERROR_LABELS = ("pool", "upstream", "kind")
 
 
 class PoolMetrics:
@@ -50,12 +53,18 @@ class PoolMetrics:
         )  # fmt: skip
         self.requests = Counter(
             "rag_pool_upstream_requests", "Requests sent to an upstream, by answer status.",
-            ["pool", "upstream", "status"], registry=r,
+            _REQUEST_LABELS, registry=None,
         )  # fmt: skip
         self.upstream_errors = Counter(
             "rag_pool_upstream_errors", "Failed upstream requests (transport errors, 5xx).",
-            ["pool", "upstream", "kind"], registry=r,
+            _ERROR_LABELS, registry=None,
         )  # fmt: skip
+        r.register(
+            _MembersOnly(
+                self.upstreams,
+                ((self.requests, _REQUEST_LABELS), (self.upstream_errors, _ERROR_LABELS)),
+            )
+        )
         self.failovers = Counter(
             "rag_pool_failovers", "Requests retried on another upstream.", ["pool"], registry=r
         )
@@ -73,6 +82,31 @@ class PoolMetrics:
         )
 
 
+class _MembersOnly(Collector):
+    """``counters`` (labelled ``pool`` and ``upstream``) with the series of upstreams their pool
+    no longer holds removed first: the upstream was removed (DELETE /v1/pool/upstreams, a
+    supervised child gone), and its counts with it."""
+
+    def __init__(
+        self,
+        members: _UpstreamCollector,
+        counters: tuple[tuple[Counter, tuple[str, ...]], ...],
+    ) -> None:
+        self._members = members
+        self._counters = counters  # each with its label names, in order
+
+    def collect(self) -> Iterator[Metric]:
+        for counter, names in self._counters:
+            gone: set[tuple[str, ...]] = set()
+            for family in counter.collect():
+                for sample in family.samples:
+                    if self._members.removed(sample.labels["pool"], sample.labels["upstream"]):
+                        gone.add(tuple(sample.labels[name] for name in names))
+            for labels in gone:
+                counter.remove(*labels)
+            yield from counter.collect()
+
+
 class _UpstreamCollector(Collector):
     """``rag_pool_slots_busy``, ``rag_pool_slots_total`` and ``rag_pool_upstream_up`` per pool
     and upstream, read at scrape time from the upstreams each pool registered with ``watch``."""
@@ -82,6 +116,11 @@ class _UpstreamCollector(Collector):
 
     def watch(self, pool: str, upstreams: Mapping[str, Upstream]) -> None:
         self._pools[pool] = upstreams
+
+    def removed(self, pool: str, url: str) -> bool:
+        """Whether ``url`` is no longer an upstream of the watched pool ``pool``."""
+        upstreams = self._pools.get(pool)
+        return upstreams is not None and url not in upstreams
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["pool", "upstream"]

@@ -5,7 +5,8 @@
 
 Every ``interval`` seconds (or at once when woken, e.g. after a failed request) it updates the
 upstream's state and slot counts, then calls ``on_change()`` so that waiting requests are
-dispatched. Every call has its own short timeout.
+dispatched. Every call has its own short timeout, and carries the upstream's API key
+(``Upstream.auth``: ``/health`` is public, ``/slots`` and ``/props`` are not).
 """
 
 from __future__ import annotations
@@ -26,14 +27,11 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 
 
-async def poll_once(
-    http: httpx.AsyncClient, upstream: Upstream, headers: Mapping[str, str] | None = None
-) -> None:
-    """Read the upstream's health and slots once and record them on ``upstream``
-    (``headers``: the API key of an upstream started with ``--api-key``)."""
+async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    """Read the upstream's health and slots once and record them on ``upstream``."""
     upstream.poll_sent(time.monotonic())
     try:
-        state, error = await _poll(http, upstream, headers or {})
+        state, error = await _poll(http, upstream, upstream.auth)
     except (httpx.HTTPError, ValueError) as exc:
         state, error = UpstreamState.UNREACHABLE, f"poll failed: {type(exc).__name__}"
     _set_state(upstream, state, error)
@@ -99,13 +97,12 @@ async def run_poller(
     interval: float,
     wake: asyncio.Event,
     on_change: Callable[[], None],
-    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Poll ``upstream`` until cancelled; each round ends after ``interval`` or when woken."""
     while True:
         wake.clear()
         try:
-            await poll_once(http, upstream, headers)
+            await poll_once(http, upstream)
         except Exception:  # a bug here must not end polling for good
             log.exception("polling %s failed", upstream.url)
         on_change()

@@ -51,6 +51,25 @@ def needs_slot(path: str) -> bool:
     return path.split("?", 1)[0] in SLOT_PATHS
 
 
+def _with_auth(
+    headers: Mapping[str, str] | None, auth: Mapping[str, str]
+) -> Mapping[str, str] | None:
+    """``headers`` with the upstream's key, unless the caller sent an ``Authorization``."""
+    if not auth:
+        return headers
+    if headers is None:
+        return auth
+    if isinstance(headers, httpx.Headers):
+        if "authorization" in headers:
+            return headers
+        merged = headers.copy()
+        merged.update(auth)
+        return merged
+    if any(name.lower() == "authorization" for name in headers):
+        return headers
+    return {**headers, **auth}
+
+
 def _prefix(key: str | Sequence[str] | None) -> tuple[str, ...]:
     if key is None:
         return ()
@@ -76,8 +95,8 @@ class Pool:
         api_key: str | None = None,
     ) -> None:
         self.name = name
-        # the pool's own requests to upstreams started with --api-key (polls, metrics)
-        self.poll_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # the key of upstreams started with --api-key, unless add_upstream names their own
+        self._api_key = api_key
         self.http = http
         self.poll_interval = poll_interval
         self.quarantine = quarantine
@@ -119,9 +138,16 @@ class Pool:
         self._pollers.clear()
         self.scheduler.fail_waiters(UpstreamUnavailable(f"pool {self.name} is stopping"))
 
-    def add_upstream(self, url: str) -> None:
+    def add_upstream(self, url: str, *, api_key: str | None = None) -> None:
+        """Register ``url`` (again: its key is updated). ``api_key``: the upstream's
+        ``--api-key``, sent on every request and poll (default: the pool's)."""
         url = url.rstrip("/")
-        if not self.scheduler.add(url):
+        added = self.scheduler.add(url)
+        upstream = self.scheduler.upstream(url)
+        assert upstream is not None, url
+        key = api_key or self._api_key
+        upstream.auth = {"Authorization": f"Bearer {key}"} if key else {}
+        if not added:
             return
         log.info("pool %s: upstream %s added", self.name, url)
         if self._started:
@@ -147,6 +173,11 @@ class Pool:
     def urls(self) -> list[str]:
         return self.scheduler.urls()
 
+    def auth_headers(self, url: str) -> Mapping[str, str]:
+        """The headers that carry ``url``'s API key (empty: it has none, or is unknown)."""
+        upstream = self.scheduler.upstream(url)
+        return upstream.auth if upstream is not None else {}
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
@@ -171,7 +202,6 @@ class Pool:
                 interval=self.poll_interval,
                 wake=wake,
                 on_change=self.scheduler.dispatch,  # a poll may show freed slots
-                headers=self.poll_headers,
             ),
             name=f"pool-{self.name}-poll-{url}",
         )
@@ -223,8 +253,9 @@ class Pool:
             response: httpx.Response | None = None
             try:
                 response = await self.http.open(
-                    method, upstream.url + path, json=json, content=content, headers=headers
-                )
+                    method, upstream.url + path, json=json, content=content,
+                    headers=_with_auth(headers, upstream.auth),
+                )  # fmt: skip
                 if response.status_code < 500 and read_body:
                     await response.aread()
             except _RETRYABLE as exc:

@@ -67,8 +67,10 @@ class PoolSettings(BaseSettings):
     max_connections: int = Field(512, ge=1, description="Connections to all upstreams at most.")
     upstream_api_key: SecretStr | None = Field(
         None,
-        description="API key of upstreams started with --api-key: the pool's own polls "
-        "(/slots, /props, /metrics) send it; clients' requests pass their own through.",
+        description="API key of upstreams started with --api-key (external ones: supervised "
+        "children get a key of their own at each start): sent as `Authorization: Bearer` on "
+        "every request and poll of the pool (/slots, /props, /metrics); the balancer never "
+        "passes clients' credentials on.",
     )
 
 

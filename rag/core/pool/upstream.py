@@ -43,6 +43,7 @@ class Upstream:
     errors: int = 0
     model: str | None = None
     props: dict[str, Any] = field(default_factory=dict, repr=False)
+    auth: dict[str, str] = field(default_factory=dict, repr=False)  # its API key, on every call
 
     @property
     def slots_busy(self) -> int:

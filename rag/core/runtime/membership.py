@@ -5,6 +5,8 @@ evaluation runtime. ``follow_supervisor(pool, supervisor, role)`` subscribes to 
 child of that role is registered when it becomes healthy and removed (without draining: it is
 gone) when it stops, or when it is removed from the supervisor. While a child restarts it stays
 registered; the pool's poller sees it unreachable or loading and sends it nothing meanwhile.
+Every start of a child has its own API key (``Child.api_key``): the pool gets it with the child,
+and again each time the child starts anew, so its requests and polls always carry the current one.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ def follow_supervisor(pool: Pool, supervisor: Supervisor, role: str) -> None:
         if child.spec.role != role:
             return
         url = child.spec.url
-        if child.state is ChildState.HEALTHY and url not in pool.urls:
-            pool.add_upstream(url)
-        elif child.state is ChildState.STOPPED and url in pool.urls:
-            task = asyncio.get_running_loop().create_task(pool.remove_upstream(url, drain=False))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        if child.state is ChildState.STOPPED:
+            if url in pool.urls:
+                task = asyncio.get_running_loop().create_task(
+                    pool.remove_upstream(url, drain=False)
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        elif child.state is ChildState.HEALTHY or url in pool.urls:
+            pool.add_upstream(url, api_key=child.api_key)  # known: a restart's new key
 
     supervisor.subscribe(on_change)
     for child in supervisor.children:

@@ -4,6 +4,12 @@ Each child runs in its own session (a Ctrl-C in the terminal reaches only the se
 stops the children in order) and with a parent-death signal, so that even a SIGKILLed service
 leaves no ``llama-server`` behind. A child that exits, or does not become healthy in time, is
 restarted with exponential backoff; its output goes to ``logs/<name>.log``.
+
+With ``api_keys`` (the service's children) each start of a child gets a new random API key
+(``Child.api_key``, 256 bits), which llama-server reads from ``LLAMA_API_KEY`` in its environment
+(not from its command line, which ``ps`` shows to every user): every route but ``/health`` then
+needs it as ``Authorization: Bearer``. ``membership.py`` hands it to the pools, which send it on
+every request and poll.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
+import secrets
 import signal
 import socket
 import time
@@ -55,6 +63,7 @@ class Child:
     restarts: int = 0
     last_exit: int | None = None
     healthy_since: float | None = None
+    api_key: str | None = field(default=None, repr=False)  # this start's; None before the first
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
 
@@ -84,6 +93,7 @@ class Supervisor:
         start_timeout: float = 120.0,
         backoff_max: float = 30.0,
         stop_timeout: float = 10.0,
+        api_keys: bool = False,
     ) -> None:
         self.binary = binary
         self.children = [Child(spec) for spec in specs]
@@ -92,6 +102,7 @@ class Supervisor:
         self.start_timeout = start_timeout
         self.backoff_max = backoff_max
         self.stop_timeout = stop_timeout
+        self.api_keys = api_keys
         self._listeners: list[Listener] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
@@ -180,6 +191,10 @@ class Supervisor:
     async def _run_once(self, child: Child) -> int | None:
         spec = child.spec
         command = [str(self.binary), *spec.args, "--host", "127.0.0.1", "--port", str(spec.port)]
+        env = None  # the service's own environment
+        if self.api_keys:
+            child.api_key = secrets.token_urlsafe(32)
+            env = {**os.environ, "LLAMA_API_KEY": child.api_key}
         self._set(child, ChildState.STARTING)
         logfile = (self.logs_dir / f"{spec.name}.log").open("ab")
         try:
@@ -188,6 +203,7 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_service,
             )
