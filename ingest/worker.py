@@ -21,7 +21,7 @@ from ingest.blobs import BlobNotFound, BlobStore
 from ingest.parsepool import ParsePool
 from ingest.pipeline import DocumentFailed, DocumentInfo, IngestOptions, JobLost, ingest_document
 from ingest.registry import DocumentRecord, JobRecord, Registry
-from rag.core.embeddings import Embedder
+from rag.core.embeddings import Account, Embedder, bill_to
 from rag.core.errors import RagError
 from rag.core.vectorstore import VectorStore
 
@@ -195,6 +195,7 @@ class Workers:
             await registry.complete_job(job.id, owner)
             return
         watch.collection = document.collection
+        bill_to(_uploader(document))  # this job's task: its embeddings bill the uploader
         await self._ingest(job, owner, watch, document)
 
     async def _ingest(
@@ -266,3 +267,11 @@ class Workers:
             await self._discard_if_deleted(document.id, document.collection)
             return
         self.processed += 1
+
+
+def _uploader(document: DocumentRecord) -> Account | None:
+    """Whom the document's embeddings are billed to: the key that uploaded it (none for
+    documents uploaded before keys were recorded, or by the service itself)."""
+    if document.key_id is None:
+        return None
+    return Account(document.key_id, document.key_name or "", document.collection)

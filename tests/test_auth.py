@@ -145,10 +145,13 @@ async def test_scopes(served: Served) -> None:
         for token in [reader, writer]:
             assert_error(await http.get(base + path, headers=bearer(token)), 403, "forbidden")
     assert (await http.get(f"{base}/metrics")).status_code == 200  # the admin key
-    # a key sees its own usage only (none yet)
-    assert (await http.get(f"{base}/v1/usage", headers=bearer(reader))).json() == {"usage": []}
     own = (await http.get(f"{base}/v1/keys/self", headers=bearer(reader))).json()
     assert own["scopes"] == ["read"] and "key" not in own
+    # a key sees its own usage only: its one search
+    usage = (await http.get(f"{base}/v1/usage", headers=bearer(reader))).json()["usage"]
+    assert [(r["key_id"], r["collection"], r["requests"]) for r in usage] == [
+        (own["id"], "team-a-docs", 1)
+    ]
 
 
 def same_error(refused: httpx.Response, missing: httpx.Response, name: str, other: str) -> None:

@@ -29,7 +29,7 @@ from ingest.registry.records import (
     document_id,
 )
 from ingest.registry.registry import UNSET, Registry
-from ingest.registry.usage import UsageRow, UsageStore
+from ingest.registry.usage import Prices, UsageRow, UsageStore, total
 
 __all__ = [
     "LEASE_EXPIRED",
@@ -46,6 +46,7 @@ __all__ = [
     "JobState",
     "KeyStore",
     "MetadataStore",
+    "Prices",
     "Registry",
     "RegistryUnavailable",
     "Scope",
@@ -55,4 +56,5 @@ __all__ = [
     "create_registry_engine",
     "document_id",
     "migrate",
+    "total",
 ]

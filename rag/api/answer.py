@@ -28,7 +28,9 @@ from rag.answer.service import Event
 from rag.api.auth import KEYED_ERRORS, ReadKey, hidden_collection, usable_collection
 from rag.api.deps import AnswersDep, ComponentsDep, SettingsDep
 from rag.api.search import FilterBody
-from rag.core.errors import NotFound, QuotaExceeded, RagError
+from rag.core.embeddings import Account, bill_to
+from rag.core.errors import NotFound, QuotaExceeded
+from rag.service.usage import UsageRecorder
 from rag.web.error_schema import error_responses
 
 router = APIRouter(tags=["retrieval"], responses=KEYED_ERRORS)
@@ -86,22 +88,24 @@ async def answer(
     components: ComponentsDep,
     settings: SettingsDep,
 ) -> Response:
-    usage = components.usage
     if settings.key_tokens_per_day and not components.auth.open_mode:
-        await check_token_budget(usage, key, settings.key_tokens_per_day)
+        await check_token_budget(components.usage, key, settings.key_tokens_per_day)
     question = Question(
         text=body.question,
         collection=usable_collection(key, body.collection),
         top_k=body.top_k,
         filter=body.filter.to_filter() if body.filter else None,
     )
+    account = Account(key.id, key.name, question.collection)
+    bill_to(account)  # the query's and the citation checks' embeddings (streamed ones too)
+    recorder = components.recorder
     try:
         prepared = await service.prepare(question)
     except NotFound as exc:  # one wording, whichever store: as for a collection the key lacks
         raise hidden_collection(question.collection) from exc
     if not body.stream:
         final = await service.answer(prepared)
-        await record_usage(usage, key, question.collection, final)
+        await record_usage(recorder, account, final)
         return JSONResponse(final)
     stream = await service.open(prepared)
     events = service.events(prepared, stream)
@@ -109,7 +113,7 @@ async def answer(
     async def counted() -> AsyncGenerator[Event]:
         async for name, data in events:
             if name == "answer":
-                await record_usage(usage, key, question.collection, data)
+                await record_usage(recorder, account, data)
             yield name, data
 
     recorded = counted()
@@ -137,19 +141,12 @@ async def check_token_budget(usage: UsageStore, key: ApiKey, budget: int) -> Non
         )
 
 
-async def record_usage(
-    usage: UsageStore, key: ApiKey, collection: str, final: dict[str, Any]
-) -> None:
+async def record_usage(recorder: UsageRecorder, account: Account, final: dict[str, Any]) -> None:
     """Add the answer's tokens (llama-server's own counts) to the key's usage; a registry
     outage loses this count, never the answer."""
     counts = final.get("usage") or {}
-    try:
-        await usage.record(
-            key_id=key.id,
-            key_name=key.name,
-            collection=collection,
-            prompt_tokens=int(counts.get("prompt_tokens", 0)),
-            completion_tokens=int(counts.get("completion_tokens", 0)),
-        )
-    except RagError as exc:
-        log.warning("usage of key %s not recorded: %s", key.name, exc.message)
+    await recorder.answered(
+        account,
+        prompt_tokens=int(counts.get("prompt_tokens", 0)),
+        completion_tokens=int(counts.get("completion_tokens", 0)),
+    )

@@ -20,6 +20,7 @@ from rag.core.settings import Settings
 from rag.core.vectorstore import VectorStore
 from rag.service.components import Components
 from rag.service.metrics import Metrics
+from rag.service.usage import UsageRecorder
 
 
 def _components(request: Request) -> Components:
@@ -66,6 +67,10 @@ def _metrics(components: ComponentsDep) -> Metrics:
     return components.metrics
 
 
+def _recorder(components: ComponentsDep) -> UsageRecorder:
+    return components.recorder
+
+
 def _embedding_pool(components: ComponentsDep) -> Pool:
     return components.embedding_pool
 
@@ -87,6 +92,7 @@ AnswersDep = Annotated[AnswerService, Depends(_answers)]
 WorkersDep = Annotated[Workers | None, Depends(_workers)]
 SupervisorDep = Annotated[Supervisor | None, Depends(_supervisor)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+RecorderDep = Annotated[UsageRecorder, Depends(_recorder)]
 EmbeddingPoolDep = Annotated[Pool, Depends(_embedding_pool)]
 GenerationPoolDep = Annotated[Pool, Depends(_generation_pool)]
 QueryEmbeddingPoolDep = Annotated[Pool | None, Depends(_query_embedding_pool)]

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from rag.api.auth import KEYED_ERRORS, ReadKey, hidden_collection, usable_collection
-from rag.api.deps import SearcherDep, SettingsDep
+from rag.api.deps import RecorderDep, SearcherDep, SettingsDep
+from rag.core.embeddings import Account, bill_to
 from rag.core.errors import NotFound
 from rag.core.search import SearchFilter
 from rag.core.vectorstore import Retrieval
@@ -51,9 +52,15 @@ class SearchBody(BaseModel):
 
 @router.post("/v1/search", summary="Nearest chunks to a query", responses=error_responses(400, 404))
 async def search(
-    body: SearchBody, searcher: SearcherDep, settings: SettingsDep, key: ReadKey
+    body: SearchBody,
+    searcher: SearcherDep,
+    settings: SettingsDep,
+    key: ReadKey,
+    recorder: RecorderDep,
 ) -> dict[str, Any]:
     collection = usable_collection(key, body.collection)
+    account = Account(key.id, key.name, collection)
+    bill_to(account)  # the query's embedding, for the rest of this request
     try:
         results = await searcher.search(
             body.query,
@@ -64,4 +71,5 @@ async def search(
         )
     except NotFound as exc:  # one wording, whichever store: as for a collection the key lacks
         raise hidden_collection(collection) from exc
+    recorder.searched(account)
     return {"results": [result.to_api() for result in results]}

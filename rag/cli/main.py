@@ -221,3 +221,7 @@ app.command()(ask)
 from rag.cli.keys import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
+
+from rag.cli.usage import usage_app  # noqa: E402
+
+app.add_typer(usage_app, name="usage")

@@ -18,6 +18,12 @@ name, ``rag.core.pool.tenant``); batches take the queued texts one tenant at a t
 one team's burst of searches does not make another's query wait behind all of it, and each
 batch goes to the pool as the tenant of its first text.
 
+Usage: a text is billed to the :class:`Account` of the context that asked for it (the key and
+collection of a search, an answer or an ingestion job: :func:`bill_to`, :func:`billed_to`). The
+texts of one account in a batch go in one ``/v1/embeddings`` call (a batch of several accounts
+is sent as one call per account), and the ``usage.prompt_tokens`` llama-server reports for it
+goes to ``on_usage``: exact per account, never estimated. Texts of no account bill no one.
+
 One retry layer: each call is sent once. The pool (``rag/core/pool``) fails over to another
 upstream before the first byte and bounds the wait for a slot (its buffer: 429 when full, 503
 after ``buffer_timeout``); retrying on top of it here would multiply that wait. Its errors pass
@@ -28,8 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -37,8 +46,41 @@ import httpx
 from rag.core.errors import UpstreamFailed, UpstreamUnavailable
 from rag.core.pool.tenant import resolve_tenant, set_tenant
 
+log = logging.getLogger(__name__)
+
 MARKER_TOKEN = 0
 """Token id put after each text of a batched ``/tokenize`` call ([PAD] in BERT vocabularies)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Whom embedding tokens are billed to: an API key (its id and name from the key store,
+    never the secret) and a collection."""
+
+    key_id: str
+    key_name: str
+    collection: str
+
+
+UsageSink = Callable[[Account, int], None]
+"""Called with an account and the tokens llama-server reported for one call of its texts."""
+
+_account: ContextVar[Account | None] = ContextVar("embedding_account", default=None)
+
+
+def bill_to(account: Account | None) -> Token[Account | None]:
+    """Bill the embeddings of the current context (a request's or a job's task) to ``account``."""
+    return _account.set(account)
+
+
+@contextlib.contextmanager
+def billed_to(account: Account | None) -> Iterator[None]:
+    """Bill the embeddings made inside the block (and in tasks it starts) to ``account``."""
+    token = _account.set(account)
+    try:
+        yield
+    finally:
+        _account.reset(token)
 
 
 class JsonUpstream(Protocol):
@@ -54,10 +96,13 @@ class Embedder:
         *,
         batch_size: int = 32,
         concurrency: int = 4,
+        on_usage: UsageSink | None = None,
     ) -> None:
         self.upstream = upstream
         self.batch_size = batch_size
         self.concurrency = concurrency
+        self.on_usage = on_usage
+        self._accounts: dict[asyncio.Future[list[float]], Account] = {}  # of queued texts
         # texts waiting per tenant; the first tenant's turn is next
         self._queues: OrderedDict[str, deque[tuple[str, asyncio.Future[list[float]]]]] = (
             OrderedDict()
@@ -79,10 +124,17 @@ class Embedder:
         queue = self._queues.setdefault(resolve_tenant(None), deque())
         queue.extend(zip(texts, futures, strict=True))
         self._waiting += len(texts)
+        if (account := _account.get()) is not None:
+            self._accounts.update(dict.fromkeys(futures, account))
         self._queued.set()
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="embedding-dispatcher")
-        return list(await asyncio.gather(*futures))
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            if account is not None:
+                for future in futures:
+                    self._accounts.pop(future, None)
 
     async def close(self) -> None:
         tasks = [t for t in (self._dispatcher, *self._in_flight) if t is not None]
@@ -132,11 +184,21 @@ class Embedder:
         self, batch: list[tuple[str, asyncio.Future[list[float]]]], tenant: str
     ) -> None:
         set_tenant(tenant)  # this task's own context: the pool serves the batch as this tenant
+        calls: dict[Account | None, list[tuple[str, asyncio.Future[list[float]]]]] = {}
+        for text, future in batch:  # one call per account: llama-server counts per call
+            calls.setdefault(self._accounts.get(future), []).append((text, future))
+        await asyncio.gather(*(self._send_call(part, account) for account, part in calls.items()))
+
+    async def _send_call(
+        self, batch: list[tuple[str, asyncio.Future[list[float]]]], account: Account | None
+    ) -> None:
         try:
             body = await self._call("/v1/embeddings", {"input": [text for text, _ in batch]})
             rows = sorted(body["data"], key=lambda row: row["index"])
             if len(rows) != len(batch):
                 raise UpstreamFailed(f"embedding server returned {len(rows)} of {len(batch)}")
+            if account is not None:
+                self._bill(account, body.get("usage"))
         except asyncio.CancelledError:  # the embedder is closing
             for _, future in batch:
                 future.cancel()
@@ -149,6 +211,19 @@ class Embedder:
         for (_, future), row in zip(batch, rows, strict=True):
             if not future.done():
                 future.set_result(row["embedding"])
+
+    def _bill(self, account: Account, usage: Any) -> None:
+        """Hand llama-server's own count of a call's tokens to ``on_usage``."""
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if not isinstance(tokens, int):
+            log.warning("the embedding server reported no usage; not counted for %s",
+                        account.key_name)  # fmt: skip
+            return
+        if self.on_usage is not None:
+            try:
+                self.on_usage(account, tokens)
+            except Exception:  # a count is never worth a failed embedding
+                log.exception("recording embedding usage failed")
 
     async def token_counts(self, texts: Sequence[str]) -> list[int]:
         """The served model's exact token count of each text (special tokens excluded).

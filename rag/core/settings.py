@@ -68,6 +68,33 @@ class Settings(BaseSettings):
         "`quota_exceeded` until midnight. 0: no budget.",
     )
 
+    # --- usage and cost (docs/operations.md) ------------------------------------------------
+    price_per_1k_prompt_tokens: float = Field(
+        0.0, ge=0, description="Cost of 1,000 prompt tokens of answers, in `price_currency`."
+    )
+    price_per_1k_completion_tokens: float = Field(
+        0.0, ge=0, description="Cost of 1,000 completion (generated) tokens, in `price_currency`."
+    )
+    price_per_1k_embedding_tokens: float = Field(
+        0.0,
+        ge=0,
+        description="Cost of 1,000 embedding tokens (searches, answers' queries and citation "
+        "checks, ingestion), in `price_currency`.",
+    )
+    price_currency: str = Field(
+        "USD",
+        min_length=1,
+        max_length=16,
+        description="Currency of the costs GET /v1/usage and `rag usage report` show.",
+    )
+    usage_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds a replica or worker may keep embedding and search usage in memory "
+        "before adding it to the registry (answers are added at once).",
+    )
+
     # --- request limits (docs/security.md) ------------------------------------------------
     max_body_bytes: int = Field(
         1024 * 1024,

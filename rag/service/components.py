@@ -35,6 +35,7 @@ from rag.core.settings import Settings
 from rag.core.vectorstore import VectorStore
 from rag.service.keys import Authenticator
 from rag.service.metrics import Metrics
+from rag.service.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Components:
     workers: Workers | None
     auth: Authenticator  # API keys (the HTTP app bootstraps the admin key)
     usage: UsageStore  # tokens per key, collection and day
+    recorder: UsageRecorder  # what this process uses, on its way to `usage` and the metrics
 
 
 def ingest_options(settings: Settings) -> IngestOptions:
@@ -132,6 +134,10 @@ async def open_components(
 
         registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
         stack.push_async_callback(registry.close)
+        usage = UsageStore(registry.engine)
+        recorder = UsageRecorder(usage, metrics.tokens, flush_seconds=settings.usage_flush_seconds)
+        recorder.start()
+        stack.push_async_callback(recorder.close)  # after the embedders and workers stopped
         auth = Authenticator(
             KeyStore(registry.engine),
             open_mode=settings.auth == "open",
@@ -149,6 +155,7 @@ async def open_components(
             embedding_pool,
             batch_size=settings.embedding_batch_size,
             concurrency=settings.embedding_concurrency,
+            on_usage=recorder.embedded,
         )
         stack.push_async_callback(embedder.close)
         query_embedder = embedder  # the lane switched off: one queue for everything
@@ -157,6 +164,7 @@ async def open_components(
                 query_pool or embedding_pool,
                 batch_size=settings.embedding_batch_size,
                 concurrency=settings.embedding_concurrency,
+                on_usage=recorder.embedded,
             )
             stack.push_async_callback(query_embedder.close)
         searcher = Searcher(
@@ -192,7 +200,8 @@ async def open_components(
             supervisor=supervisor,
             workers=workers,
             auth=auth,
-            usage=UsageStore(registry.engine),
+            usage=usage,
+            recorder=recorder,
         )
 
 

@@ -1,11 +1,12 @@
 """Prometheus metrics of one process (its own registry: no process-wide globals).
 
-The pools' and the supervised children's; the HTTP app adds its request metrics
+The pools', the supervised children's and the tokens used per API key
+(``rag.service.usage``); the HTTP app adds its request metrics
 (``rag.web.metrics``) to the same registry."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from rag.core.pool.metrics import PoolMetrics
 
@@ -24,5 +25,12 @@ class Metrics:
             "rag_llama_child_restarts",
             "Restarts of a supervised llama-server child.",
             ["name", "role"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "rag_tokens",
+            "Tokens used, llama-server's own counts, by API key name (from the key store) and "
+            "kind: prompt and completion (answers), embedding (searches, answers, ingestion).",
+            ["key", "kind"],
             registry=self.registry,
         )
