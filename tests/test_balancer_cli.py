@@ -5,6 +5,7 @@ overrides its variable only when it is given (the CLI used to pass its defaults 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -78,3 +79,33 @@ def test_the_process_listens_where_the_environment_says_and_the_options_win() ->
         status = pool_status(option_port, process)
         assert status["policy"] == "round-robin"
         assert status["buffer_size"] == 7
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_several_addresses_as_llama_server_takes_them() -> None:
+    """``--host 127.0.0.1,::1``: the balancer answers on both, on the one port."""
+    port = free_port()
+    with balancer(["--host", "127.0.0.1,::1", "--port", str(port)], {}) as process:
+        pool_status(port, process)  # listening on IPv4
+        v4 = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
+        v6 = httpx.get(f"http://[::1]:{port}/health", timeout=5.0)
+        assert v6.status_code == v4.status_code  # no upstream yet: 503 on both
+        assert v6.json()["error"]["type"] == v4.json()["error"]["type"]
+
+
+def test_metrics_switched_off_answer_501() -> None:
+    port = free_port()
+    with balancer(["--port", str(port)], {"RAG_BALANCER_METRICS": "false"}) as process:
+        pool_status(port, process)
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0)
+        assert answer.status_code == 501
+        assert answer.json()["error"]["type"] == "not_supported"

@@ -123,6 +123,7 @@ async def run_load(urls: list[str], clients: int, requests: int, tokens: int) ->
         "tok_per_s": sum(s.tokens for s in ok) / wall,
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p99_s": percentile(ttfts, 99),
+        "ttft_mean_s": sum(ttfts) / len(ttfts) if ttfts else None,
         # the first wave starts all at once; later requests follow their client's last one
         "ttft_first_p50_s": percentile(first, 50) if first else None,
         "ttft_first_p99_s": percentile(first, 99) if first else None,
@@ -164,6 +165,12 @@ def settle(url: str, within: float = 10.0) -> float:
 def waits(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     result = {name: delta.get(metric, 0.0) for name, metric in COUNTERS.items()}
+    # time to first token as the balancer saw it (upstream request sent -> first chunk): the
+    # client's TTFT minus this is what the balancer spent before sending the request on
+    count = delta.get("rag_pool_time_to_first_token_seconds_count", 0.0)
+    result["upstream_ttft_mean_s"] = (
+        delta.get("rag_pool_time_to_first_token_seconds_sum", 0.0) / count if count else 0.0
+    )
     total = delta.get("wait_le_+Inf", 0.0)
     result["buffer_waits_over_0.1s"] = total - delta.get("wait_le_0.1", 0.0)
     result["buffer_waits_over_1s"] = total - delta.get("wait_le_1.0", 0.0)
@@ -226,7 +233,7 @@ def _sum(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    rows, groups, waves = [], {}, []
+    rows, groups, waves, before_sent = [], {}, [], []
     summary: dict[str, Any] = {}
     for streams, runs in result["runs"].items():
         direct, via = runs["direct"], runs["balancer"]
@@ -255,6 +262,12 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{'met' if all(goals.values()) else 'missed'} |"
         )
         groups[f"{streams} streams"] = {"tok/s": tps, "TTFT p99": p99}
+        if b.get("ttft_mean_s") and b["pool"].get("upstream_ttft_mean_s"):
+            before_sent.append(
+                f"| {streams} | {b['ttft_mean_s'] * 1000:.0f} | "
+                f"{b['pool']['upstream_ttft_mean_s'] * 1000:.0f} | "
+                f"{(b['ttft_mean_s'] - b['pool']['upstream_ttft_mean_s']) * 1000:.0f} |"
+            )
         if d.get("ttft_first_p50_s") is not None and d.get("ttft_later_p50_s") is not None:
             waves.append(
                 f"| {streams} | " + " | ".join(
@@ -294,6 +307,18 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             "| streams | direct first | direct later | balancer first | balancer later |",
             "| ---: | ---: | ---: | ---: | ---: |",
             *waves,
+        ]
+    if before_sent:
+        lines += [
+            "",
+            "Through the balancer, last round: mean TTFT as the clients saw it, as the balancer "
+            "saw it (its request to the upstream sent -> first chunk back), and the difference "
+            "(the time before the balancer sent the request on, plus the relay of the first "
+            "chunk):",
+            "",
+            "| streams | client TTFT mean ms | upstream TTFT mean ms | difference ms |",
+            "| ---: | ---: | ---: | ---: |",
+            *before_sent,
         ]
     publish("pool-streams", result, lines, env=result["machine"],
             title="Saturation: balancer / direct (best static split)", groups=groups,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from rag.balancer.guard import check_upstream_url
 from rag.balancer.settings import BalancerSettings
 from rag.balancer.upstream_metrics import upstream_metrics
-from rag.core.errors import Conflict, UpstreamUnavailable
+from rag.core.errors import Conflict, NotSupported, UpstreamUnavailable
 from rag.core.pool import Pool, PoolMetrics
 from rag.web.error_schema import error_responses
 
@@ -119,11 +119,17 @@ async def remove_upstream(request: Request, url: str, wait: bool = False) -> JSO
     tags=["operations"],
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **ADMIN_ERRORS},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **ADMIN_ERRORS,
+        **error_responses(501),
+    },
 )
 async def metrics(request: Request) -> Response:
     """The pool's own families, then the upstreams' llama.cpp families (``--metrics``), each
     labelled by upstream and aggregated without the label."""
+    if not request.app.state.settings.metrics:
+        raise NotSupported("metrics are off (RAG_BALANCER_METRICS=false)")
     registry: PoolMetrics = request.app.state.metrics
     pool = _pool(request)
     urls = [u["url"] for u in pool.status()["upstreams"] if u["state"] == "healthy"]

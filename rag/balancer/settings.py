@@ -29,7 +29,11 @@ class BalancerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RAG_BALANCER_", extra="ignore")
 
-    host: str = Field(DEFAULT_HOST, description="Address the balancer listens on.")
+    host: str = Field(
+        DEFAULT_HOST,
+        description="Address the balancer listens on; several, comma-separated, as "
+        "llama-server's --host takes them (`127.0.0.1,::1`).",
+    )
     port: int = Field(DEFAULT_PORT, description="Port the balancer listens on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
@@ -74,6 +78,10 @@ class BalancerSettings(BaseSettings):
     max_upstreams: int = Field(64, ge=1, description="Upstreams the pool may hold; more: 409.")
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body in bytes: 413."
+    )
+    metrics: bool = Field(
+        True,
+        description="Serve /metrics; false: it answers 501, as llama-server without --metrics.",
     )
     pool: BalancerPoolSettings = Field(
         default_factory=BalancerPoolSettings,

@@ -16,7 +16,8 @@
     ├── Unavailable               503 unavailable        (Retry-After)
     │   ├── UpstreamUnavailable   503 upstream_unavailable: no llama.cpp server can take it
     │   └── StoreUnavailable      503 store_unavailable: Qdrant or the registry is unreachable
-    └── UpstreamFailed            502 upstream_error: an upstream answered, but wrongly
+    ├── UpstreamFailed            502 upstream_error: an upstream answered, but wrongly
+    └── NotSupported              501 not_supported: switched off here (the balancer's /metrics)
 
     RuntimeSetupError             not HTTP: building llama-server or preparing a model failed
 
@@ -126,6 +127,11 @@ class StoreUnavailable(Unavailable):
 class UpstreamFailed(RagError):
     status = 502
     type = "upstream_error"
+
+
+class NotSupported(RagError):
+    status = 501
+    type = "not_supported"
 
 
 class RuntimeSetupError(Exception):

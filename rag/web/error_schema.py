@@ -41,6 +41,7 @@ DESCRIPTIONS = {
     415: "Unsupported content type",
     422: "The request does not fit the schema",
     429: "Rate limited or past the key's quota",
+    501: "Switched off here (the balancer's /metrics with RAG_BALANCER_METRICS=false)",
     502: "An upstream answered wrongly",
     503: "An upstream, the vector store or the registry is unavailable",
 }
