@@ -3,6 +3,7 @@ reopen from their write-ahead logs), and refuses what it cannot do with a clear 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -95,3 +96,37 @@ def test_the_search_breadth_grows_with_the_collection_and_indexing_leaves_a_core
     assert small >= shards.HNSW_EF_CONSTRUCT
     assert large > small
     assert 1 <= shards.indexing_threads() <= max(1, (os.cpu_count() or 1) - 1)
+
+
+def _store_processes() -> list[int]:
+    """Pids of this process's children that run the store."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and b"rag.core.store.host" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_caller_that_gives_up_does_not_abandon_the_start(tmp_path: Path) -> None:
+    """A readiness probe times out (2 s) while a loaded machine starts the store process more
+    slowly: the start goes on for the next caller, instead of a new process per probe whose
+    predecessors died of a closed pipe (the store then never came up)."""
+    backend = EdgeBackend(tmp_path, dimensions=DIM, timeout=30)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(backend.ping(), 0.001)  # the process is not up in 1 ms
+        started = _store_processes()
+        assert len(started) == 1
+        await backend.ping()  # the same start, finished: no second process
+        assert backend._process is not None
+        assert backend._process.popen.pid == started[0]
+        assert _store_processes() == started
+    finally:
+        await backend.close()

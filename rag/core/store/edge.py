@@ -152,6 +152,12 @@ class _Process:
         self.outbox.put(None)
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take a finished start's exception, which its callers may all have stopped awaiting."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _settle(future: asyncio.Future[Any], status: str, result: Any) -> None:
     if future.done():
         return
@@ -185,7 +191,7 @@ class EdgeBackend(StoreBackend):
         self.batch_points = batch_points
         self._ids = itertools.count(1)
         self._process: _Process | None = None
-        self._starting: asyncio.Lock | None = None
+        self._starting: asyncio.Task[_Process] | None = None
 
     def _args(self) -> list[str]:
         args = [
@@ -200,16 +206,23 @@ class EdgeBackend(StoreBackend):
         process = self._process
         if process is not None and process.dead is None:
             return process
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if self._process is not None and self._process.dead is None:
-                return self._process
-            if self._process is not None:
-                log.warning("restarting the store process: %s", self._process.dead)
-                await asyncio.to_thread(_reap, self._process)
-            self._process = await asyncio.to_thread(_Process, self._args())
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start(), name="store-start")
+            self._starting.add_done_callback(_retrieved)
+        # shielded: a caller that gives up (a readiness probe's 2 s timeout while a loaded
+        # machine takes far longer to start the process) leaves the one start running for the
+        # next caller. Unshielded, each probe abandoned a half-started process (its pipe closed
+        # under it) and started another, and the store never came up.
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> _Process:
+        if self._process is not None and self._process.dead is None:
             return self._process
+        if self._process is not None:
+            log.warning("restarting the store process: %s", self._process.dead)
+            await asyncio.to_thread(_reap, self._process)
+        self._process = await asyncio.to_thread(_Process, self._args())
+        return self._process
 
     async def call(self, method: str, wait: float | None = None, **kwargs: Any) -> Any:
         process = await self._ready()
@@ -232,6 +245,9 @@ class EdgeBackend(StoreBackend):
             ) from exc
 
     async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(StoreUnavailable):
+                await self._starting  # a start under way: its process is closed below
         process = self._process
         self._process = None
         if process is not None and process.dead is None:
