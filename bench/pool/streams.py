@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,24 @@ def pool_counters(url: str) -> dict[str, float]:
     return found
 
 
+@contextlib.contextmanager
+def _made(folder: Path) -> Iterator[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
+
+
+def erase_slots(upstreams: list[str], slots: int) -> None:
+    """Empty every slot of every server (``POST /slots/{id}?action=erase``), so that each phase
+    starts from the same server state. Without it, a phase that follows another found each slot
+    holding the last phase's prompt and answer: llama-server then spent ~110 ms on its first
+    step and ~2 ms per request taken after it (seen in its log on the H200), while the first
+    phase of the run started on empty slots: the phase order, not the route, set the figures."""
+    with httpx.Client(timeout=30.0) as http:
+        for url in upstreams:
+            for slot in range(slots):
+                http.post(f"{url}/slots/{slot}", params={"action": "erase"}).raise_for_status()
+
+
 def settle(url: str, within: float = 10.0) -> float:
     """Wait until the balancer at ``url`` sees every upstream idle (no slot busy, its own or
     other clients'), so that each phase starts from the same state: right after the direct phase
@@ -199,7 +219,15 @@ def main() -> None:
     }  # fmt: skip
     with (
         workdir("bench-pool-streams-") as tmp,
-        llama_servers(2, slots=slots, ctx=ctx, workdir=tmp, options=options) as upstreams,
+        _made(tmp / "slots"),
+        llama_servers(
+            2,
+            slots=slots,
+            ctx=ctx,
+            workdir=tmp,
+            options=options,
+            args=["--slot-save-path", str(tmp / "slots")],
+        ) as upstreams,
         balancer(upstreams, workdir=tmp, buffer_size="1024", buffer_timeout="120") as via,
     ):
         asyncio.run(run_load(upstreams, 4, 1, 4))  # warm-up
@@ -208,6 +236,7 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {"direct": [], "balancer": []}
             for names in orders(["direct", "balancer"], args.rounds):
                 for name in names:
+                    erase_slots(upstreams, slots)
                     settled = settle(via)
                     before, cpu = pool_counters(via), cpu_seconds(via)
                     urls = upstreams if name == "direct" else [via]
