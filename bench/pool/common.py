@@ -309,7 +309,11 @@ def balancer(
         command += ["--upstream", url]
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    environment = {**os.environ, "RAG_BALANCER_LOG_LEVEL": "warning", "PYTHONPATH": path}
+    environment = {
+        **os.environ,
+        "RAG_BALANCER_LOG_LEVEL": os.environ.get("RAG_BALANCER_LOG_LEVEL", "warning"),
+        "PYTHONPATH": path,
+    }
     environment.update({f"RAG_BALANCER_{k.upper()}": v for k, v in env.items()})
     log = workdir / f"balancer-{port}.log"
     with log.open("wb") as out:

@@ -99,22 +99,29 @@ async def chat_stream(http: httpx.AsyncClient, url: str, tokens: int) -> Stream:
 
 
 async def run_load(urls: list[str], clients: int, requests: int, tokens: int) -> dict[str, Any]:
-    """``clients`` closed-loop clients, client ``i`` on ``urls[i % len(urls)]``."""
-    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients)
-    timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=120.0)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+    """``clients`` closed-loop clients, client ``i`` on ``urls[i % len(urls)]``.
 
-        async def client(i: int) -> list[Stream]:
-            got = []
+    Each client has its own connection (an ``httpx.AsyncClient`` of one): one shared pool of
+    64 connections cost the client process O(connections) of work per request and release
+    (httpcore assigns requests to connections by scanning them all), so when 64 streams ended
+    together their clients sent their next requests over ~0.8 s instead of at once. Kept-alive
+    connections (the balancer's) made that pool fuller than closed ones (llama-server's), so
+    the client slowed the balancer's runs more than the direct ones."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=120.0)
+
+    async def client(i: int) -> list[Stream]:
+        got = []
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
             for wave in range(requests):
                 stream = await chat_stream(http, urls[i % len(urls)], tokens)
                 stream.wave = wave
                 got.append(stream)
-            return got
+        return got
 
-        started = time.perf_counter()
-        results = await asyncio.gather(*(client(i) for i in range(clients)))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    results = await asyncio.gather(*(client(i) for i in range(clients)))
+    wall = time.perf_counter() - started
     streams = [s for got in results for s in got]
     ok = [s for s in streams if s.status == 200 and s.complete]
     ttfts = [s.ttft for s in ok if s.ttft == s.ttft]

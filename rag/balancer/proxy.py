@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -102,6 +103,7 @@ class ProxyApp:
             await self.app(scope, receive, send)
             return
         pool: Pool = self.app.state.pool
+        arrived = time.monotonic()
         body = await _read_body(receive)
         path: str = scope["path"]
         prefix: tuple[str, ...] = ()
@@ -126,7 +128,9 @@ class ProxyApp:
             ]
             + self.upstream_auth
         )
-        await self._forward(pool, scope, receive, send, target, body, headers, prefix, budget)
+        await self._forward(
+            pool, scope, receive, send, target, body, headers, prefix, budget, arrived
+        )
 
     async def _forward(
         self,
@@ -139,7 +143,10 @@ class ProxyApp:
         headers: httpx.Headers,
         prefix: tuple[str, ...],
         budget: int | None,
+        arrived: float,
     ) -> None:
+        trace = log.isEnabledFor(logging.DEBUG)  # per-request timings, for a diagnosis
+        opened = first = ended = 0.0
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
@@ -159,6 +166,7 @@ class ProxyApp:
                 scope["method"], target, content=body or None, headers=headers,
                 prefix_key=prefix, budget=budget, tenant=scope.get(TENANT),
             ) as upstream:  # fmt: skip
+                opened = time.monotonic()
                 # names as the upstream wrote them: clients that read headers into a plain dict
                 # (llama.cpp's own tests do) see the same keys as from llama-server
                 headers_out = [
@@ -177,9 +185,19 @@ class ProxyApp:
                 await send({**start, "headers": headers_out})
                 started = True
                 async for chunk in raw_chunks(upstream):
+                    if trace and not first:
+                        first = time.monotonic()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = time.monotonic()
                 answered = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if trace:
+                    log.debug(
+                        "timings %s %s: arrived %.6f, upstream answered +%.1f ms, first chunk "
+                        "+%.1f ms, upstream ended +%.1f ms, done +%.1f ms", scope["method"],
+                        target, arrived, *((t - arrived) * 1000 for t in (opened, first, ended,
+                        time.monotonic())),
+                    )  # fmt: skip
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
