@@ -42,8 +42,7 @@ from sqlalchemy.sql.selectable import TableValuedAlias
 from ingest.registry.engine import is_sqlite
 from ingest.registry.store import Store
 from ingest.registry.tables import documents
-
-MetadataValue = str | int | bool
+from rag.core.search import MetadataValue
 
 
 class MetadataStore(Store):
