@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from ingest.registry import KeyStore, Registry, UsageStore
+from ingest.registry import KeyStore, Registry, RevocationWatch, UsageStore
 from ingest.registry.keys import hash_token
 from ingest.registry.tables import api_keys
 from ingest.registry.testing import ScratchDatabase, clear, scratch_database
 from rag.core.errors import InvalidRequest
 from rag.core.settings import Settings
 from rag.service.keys import Authenticator, bootstrap_admin_key
+from tests.conftest import wait_for
 from tests.test_registry import BACKENDS, database_url
 
 
@@ -81,6 +82,72 @@ async def test_the_cache_is_bounded_in_time(keys: KeyStore) -> None:
     assert await auth.authenticate(token) == key
     now[0] = 1.0
     assert await auth.authenticate(token) is None
+
+
+async def test_a_revocation_empties_every_replicas_cache_at_once(
+    keys: KeyStore, db: ScratchDatabase
+) -> None:
+    """Replicas cache keys for a minute here, yet a key revoked elsewhere (another replica's
+    store, as ``rag keys revoke`` does) stops working at once: on SQLite with the next request
+    (the file beside the database), on PostgreSQL as soon as the notification arrives."""
+    token, key = await keys.create(name="team-a", scopes=["read"], collections=["*"])
+    kept, _ = await keys.create(name="team-b", scopes=["read"], collections=["*"])
+    replicas = []
+    try:
+        for _ in range(2):
+            engine = db.another_engine()
+            watch = RevocationWatch(engine)
+            await watch.start()
+            auth = Authenticator(
+                KeyStore(engine), open_mode=False, cache_seconds=60, revocations=watch.epoch
+            )
+            replicas.append((engine, watch, auth))
+            assert await auth.authenticate(token) == key  # cached from now on
+            assert await auth.authenticate(kept) is not None
+        await keys.revoke(key.id)
+        for _, _, auth in replicas:
+            if db.schema is None:  # SQLite: seen by the very next request
+                assert await auth.authenticate(token) is None
+            else:  # PostgreSQL: the notification takes a moment, far less than the cache's 60 s
+                assert await wait_for(lambda a=auth: _refused(a, token), within=5.0)
+            assert await auth.authenticate(kept) is not None  # the other keys still work
+    finally:
+        for engine, watch, _ in replicas:
+            await watch.close()
+            await engine.dispose()
+
+
+async def _refused(auth: Authenticator, token: str) -> bool:
+    return await auth.authenticate(token) is None
+
+
+async def test_a_replica_that_cannot_hear_revocations_does_not_cache(
+    keys: KeyStore, db: ScratchDatabase
+) -> None:
+    """PostgreSQL: while the listening connection is gone, every request asks the store, so a
+    revocation still stops the key at once; the watch listens again afterwards."""
+    if db.schema is None:
+        pytest.skip("SQLite has no listening connection: the file is read on every request")
+    engine = db.another_engine()
+    watch = RevocationWatch(engine)
+    await watch.start()
+    try:
+        auth = Authenticator(
+            KeyStore(engine), open_mode=False, cache_seconds=60, revocations=watch.epoch
+        )
+        token, key = await keys.create(name="team-a", scopes=["read"], collections=["*"])
+        assert await auth.authenticate(token) == key
+        assert watch.epoch() == watch.epoch()  # listening: the cache is used
+        pid = watch._driver.get_server_pid()
+        async with db.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert await wait_for(lambda: watch.epoch() != watch.epoch(), within=5.0)
+        await keys.revoke(key.id)  # no notification can reach this replica now
+        assert await auth.authenticate(token) is None  # it asked the store
+        assert await wait_for(lambda: watch.epoch() == watch.epoch(), within=10.0)  # back
+    finally:
+        await watch.close()
+        await engine.dispose()
 
 
 async def test_bad_scopes_names_and_patterns_are_refused(keys: KeyStore) -> None:

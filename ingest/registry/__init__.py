@@ -29,6 +29,7 @@ from ingest.registry.records import (
     document_id,
 )
 from ingest.registry.registry import UNSET, Registry
+from ingest.registry.revocations import RevocationWatch
 from ingest.registry.usage import Prices, UsageRow, UsageStore, total
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Prices",
     "Registry",
     "RegistryUnavailable",
+    "RevocationWatch",
     "Scope",
     "UsageRow",
     "UsageStore",

@@ -30,6 +30,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from ingest.registry.revocations import announce, announced
 from ingest.registry.store import Store
 from ingest.registry.tables import api_keys
 from rag.core.collections import COLLECTION_NAME
@@ -197,7 +198,8 @@ class KeyStore(Store):
         return [ApiKey.from_row(row) for row in rows]
 
     async def revoke(self, key_id: str) -> ApiKey | None:
-        """Revoke the key (at once: lookups check the store); ``None`` if there is no such key.
+        """Revoke the key (at once on every replica: lookups check the store, and replicas'
+        caches hear of it, ``revocations.py``); ``None`` if there is no such key.
         Revoking a revoked key keeps its first revocation time."""
         async with self._write() as conn:
             stmt = (
@@ -211,6 +213,8 @@ class KeyStore(Store):
                 .mappings()
                 .first()
             )
+            await announce(conn)  # every replica's cache forgets its keys (revocations.py)
+        announced(self.engine)
         return ApiKey.from_row(row) if row else None
 
     async def has_admin(self) -> bool:

@@ -49,8 +49,8 @@ class Settings(BaseSettings):
         1.0,
         ge=0,
         le=5,
-        description="Seconds a replica may reuse a key it looked up; a revoked key stops "
-        "working on every replica within this time (0: the store on every request).",
+        description="Seconds a replica may reuse a key it looked up (0: the store on every "
+        "request); a revocation empties every replica's cache at once all the same.",
     )
 
     key_rate_per_minute: int = Field(

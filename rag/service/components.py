@@ -19,7 +19,7 @@ from ingest.chunking import ChunkingOptions
 from ingest.parsepool import ParsePool, ParsePoolOptions
 from ingest.parsing import ParseLimits
 from ingest.pipeline import IngestOptions, prepare_parse_process
-from ingest.registry import KeyStore, MetadataStore, Registry, UsageStore
+from ingest.registry import KeyStore, MetadataStore, Registry, RevocationWatch, UsageStore
 from ingest.worker import Workers
 from rag.answer import AnswerService
 from rag.core.embeddings import Embedder
@@ -138,11 +138,15 @@ async def open_components(
         recorder = UsageRecorder(usage, metrics.tokens, flush_seconds=settings.usage_flush_seconds)
         recorder.start()
         stack.push_async_callback(recorder.close)  # after the embedders and workers stopped
+        revocations = RevocationWatch(registry.engine)
+        await revocations.start()
+        stack.push_async_callback(revocations.close)
         auth = Authenticator(
             KeyStore(registry.engine),
             open_mode=settings.auth == "open",
             cache_seconds=settings.auth_cache_seconds,
             rate_per_minute=settings.key_rate_per_minute,
+            revocations=revocations.epoch,
         )
         blobs = BlobStore(settings.data_dir / "blobs")
         # what a crashed process left of its uploads (API and workers alike write there)

@@ -2,9 +2,12 @@
 at the first start.
 
 A replica looks a key up in the registry and may reuse the answer for ``auth_cache_seconds``
-(default 1 s): a key revoked through any replica stops working on every replica within that
-time, and at once on the replica that revoked it. Unknown tokens are never cached (each costs
-one indexed SELECT). In ``auth=open`` mode (loopback only) every request acts as :data:`OPEN`.
+(default 1 s). A key revoked through any replica (or ``rag keys revoke``) stops working at once
+on every replica all the same: each request first reads the registry's revocation watch
+(``ingest/registry/revocations.py``: a PostgreSQL notification each replica listens for, or a
+file beside the SQLite database), and a change empties the cache. Unknown tokens are never
+cached (each costs one indexed SELECT). In ``auth=open`` mode (loopback only) every request acts
+as :data:`OPEN`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Authenticator:
         cache_seconds: float,
         rate_per_minute: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        revocations: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.open_mode = open_mode
@@ -51,10 +55,17 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._revocations = revocations  # RevocationWatch.epoch: changes on every revocation
+        self._epoch: object = None
 
     async def authenticate(self, token: str) -> ApiKey | None:
         """The live key of ``token``, or ``None``."""
         now = self._clock()
+        if self._revocations is not None:
+            epoch = self._revocations()
+            if epoch != self._epoch:  # a key was revoked somewhere: forget them all
+                self._cache.clear()
+                self._epoch = epoch
         cached = self._cache.get(token)
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
