@@ -68,6 +68,7 @@ class Ticker:
         self.gc_worst = 0.0
         self._gc_started = 0.0
         self._schedstat = -1
+        self._faults = _major_faults()
 
     def _waited(self) -> float:
         """Seconds this thread has waited on a run queue so far (0 where Linux does not say)."""
@@ -115,6 +116,7 @@ class Ticker:
         own = [max(0.0, x - waited) for _, x, waited in samples]
         since, self._since = self._since, time.time()
         gc_worst, self.gc_worst = self.gc_worst, 0.0
+        faults, self._faults = self._faults, _major_faults()
         return {
             "max_ms": round(late[-1] * 1000, 1),
             "p99_ms": round(p99 * 1000, 1),
@@ -122,6 +124,9 @@ class Ticker:
             "own_max_ms": round(max(own, default=0.0) * 1000, 1),
             "own_over_50": sum(1 for x in own if x > 0.05),
             "gc_max_ms": round(gc_worst * 1000, 1),
+            # pages this process had to read back from disk (memory pressure): a loop stall
+            # that is neither run-queue wait nor the loop's own work is often one of these
+            "major_faults": _major_faults() - faults,
         }
 
     async def stop(self) -> None:
@@ -135,6 +140,10 @@ class Ticker:
         if self._reference is not None:
             self._reference.kill()
             self._reference.wait()
+
+
+def _major_faults() -> int:
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[9])
 
 
 def _rss_mb(pid: int) -> dict[str, float]:

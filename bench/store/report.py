@@ -90,15 +90,17 @@ def _quality_md(rows: dict[str, Any]) -> str:
         return ""
     lines = [
         "Retrieval quality through the embedded store: SciFact test split, the service's default "
-        "chunking (12,071 chunks, migrated from the local-mode collection of the baseline run), "
-        "`rag eval run --dataset ../shared/data/scifact --retrieval R` (goal: within 0.005):\n",
+        "chunking (12,071 chunks; migrated from the local-mode collection of the baseline run "
+        "unless the row says otherwise), `rag eval run --dataset ../shared/data/scifact "
+        "--retrieval R` (goal: within 0.005):\n",
         "| retrieval | nDCG@10 local mode | nDCG@10 edge | difference |",
         "| --- | --- | --- | --- |",
     ]
     for retrieval, row in rows.items():
         lines.append(
-            f"| {retrieval} | {row['local_mode']} ({row['local_mode_from']}) | {row['edge']} | "
-            f"{row['difference']:+.4f} |"
+            f"| {retrieval} | {row['local_mode']} ({row['local_mode_from']}) | {row['edge']}"
+            + (f" ({row['edge_from']})" if "edge_from" in row else "")
+            + f" | {row['difference']:+.4f} |"
         )
     return "\n".join(lines) + "\n\n"
 
