@@ -11,6 +11,12 @@ keys, or ``key-1``, ``key-2``, ... by position in a list; the admin key is ``adm
 puts the name of the key a request presented into its scope (:data:`TENANT`), and the proxy
 passes it to the pool as the request's tenant, so that the buffer serves teams in turn.
 
+On proxied routes the guard answers as llama-server with ``--api-key`` does, for its clients
+(llama.cpp's own test suite checks both): CORS preflights (``OPTIONS``, which browsers send
+without credentials) pass without a key, and a missing or wrong key is a 401 whose ``type`` is
+``authentication_error`` (:class:`ProxiedUnauthorized`, with llama-server's ``code``) in the
+service's error shape.
+
 :func:`check_upstream_url` accepts a scheme, a host and a port only (no user info, path, query
 or fragment), optionally from an allow-list of hosts: a registered URL with a path made the
 poller GET arbitrary paths, and a password in one was shown by ``/v1/pool`` and ``/metrics``.
@@ -25,7 +31,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rag.core.errors import Unauthorized, ValidationFailed
+from rag.core.errors import RagError, Unauthorized, ValidationFailed
 from rag.web.errors import error_response
 
 ADMIN_ROUTES = frozenset(
@@ -36,6 +42,12 @@ OPEN_ROUTES = frozenset(
     {("GET", "/health"), ("HEAD", "/health"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
      ("GET", "/redoc"), ("GET", "/openapi.json")}
 )  # fmt: skip
+
+
+class ProxiedUnauthorized(Unauthorized):
+    """A proxied request without a valid key: 401 as llama-server words it."""
+
+    type = "authentication_error"
 
 
 TENANT = "rag.tenant"
@@ -112,21 +124,25 @@ class GuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             route = (scope["method"], scope["path"])
-            refusal = None
+            refusal: RagError | None = None
             if route in ADMIN_ROUTES:
                 if self.admin_keys:
                     if not matches(presented_key(scope), self.admin_keys):
-                        refusal = "the balancer's admin routes need its admin key"
+                        refusal = Unauthorized("the balancer's admin routes need its admin key")
                 elif not _loopback(scope):
-                    refusal = "without RAG_BALANCER_ADMIN_KEY the admin routes answer loopback only"
-            elif route not in OPEN_ROUTES and self.client_keys:
+                    refusal = Unauthorized(
+                        "without RAG_BALANCER_ADMIN_KEY the admin routes answer loopback only"
+                    )
+            elif route not in OPEN_ROUTES and self.client_keys and scope["method"] != "OPTIONS":
                 name = identify(presented_key(scope), self.client_keys)
                 if name is None:
-                    refusal = "an API key is needed: send Authorization: Bearer KEY"
+                    refusal = ProxiedUnauthorized(
+                        "Invalid API Key: send Authorization: Bearer KEY", code=401
+                    )
                 else:
                     scope[TENANT] = name
             if refusal is not None:
-                await error_response(Unauthorized(refusal))(scope, receive, send)
+                await error_response(refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

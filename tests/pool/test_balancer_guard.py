@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from rag.balancer import balancer_settings, create_balancer_app
 from tests.conftest import serve_app, wait_for
@@ -43,6 +43,11 @@ def recording_upstream(seen: list[dict[str, str]]) -> FastAPI:
     async def completion(request: Request) -> dict[str, Any]:
         seen.append(dict(request.headers))
         return {"content": "ok", "stop": True}
+
+    @app.options("/completion")
+    async def preflight(request: Request) -> Response:  # as llama-server answers one
+        origin = request.headers.get("origin", "")
+        return Response(headers={"access-control-allow-origin": origin})
 
     return app
 
@@ -107,6 +112,17 @@ async def test_clients_need_a_key_and_their_credentials_stay_with_the_balancer(
         assert refused.status_code == 401 and not seen
         wrong = await http.post(f"{url}/completion", json=body, headers=bearer("nope"))
         assert wrong.status_code == 401 and not seen
+        for answer in (refused, wrong):  # as llama-server with --api-key words it
+            error = answer.json()["error"]
+            assert error["type"] == "authentication_error" and error["code"] == 401
+            assert error["request_id"]
+        # a CORS preflight carries no credentials, and llama-server answers it without a key
+        preflight = await http.options(
+            f"{url}/completion",
+            headers={"origin": "web.example", "access-control-request-method": "POST"},
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == "web.example"
         cookies = {"cookie": "session=client-secret"}
         for headers in [bearer(CLIENT), {"x-api-key": CLIENT}]:
             answered = await http.post(
