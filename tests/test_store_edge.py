@@ -98,8 +98,9 @@ def test_the_search_breadth_grows_with_the_collection_and_indexing_leaves_a_core
     assert 1 <= shards.indexing_threads() <= max(1, (os.cpu_count() or 1) - 1)
 
 
-def _store_processes() -> list[int]:
-    """Pids of this process's children that run the store."""
+def _store_processes(root: Path) -> list[int]:
+    """Pids of this process's children that run the store of ``root`` (other tests' store
+    processes may still run beside it)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
@@ -109,7 +110,11 @@ def _store_processes() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat[1]) == os.getpid() and b"rag.core.store.host" in cmdline:
+        if (
+            int(stat[1]) == os.getpid()
+            and b"rag.core.store.host" in cmdline
+            and str(root).encode() in cmdline
+        ):
             found.append(int(entry.name))
     return found
 
@@ -122,11 +127,11 @@ async def test_a_caller_that_gives_up_does_not_abandon_the_start(tmp_path: Path)
     try:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(backend.ping(), 0.001)  # the process is not up in 1 ms
-        started = _store_processes()
+        started = _store_processes(tmp_path)
         assert len(started) == 1
         await backend.ping()  # the same start, finished: no second process
         assert backend._process is not None
         assert backend._process.popen.pid == started[0]
-        assert _store_processes() == started
+        assert _store_processes(tmp_path) == started
     finally:
         await backend.close()
