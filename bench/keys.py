@@ -31,7 +31,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from typing import Any
 import httpx
 
 from bench.pool.common import machine, percentile, stop_on_sigterm, summary
+from bench.service import stop_service
 from ingest.registry import KeyStore
 from ingest.registry.engine import create_registry_engine
 from ingest.registry.migrate import migrate
@@ -86,7 +86,7 @@ def embedding_server(work: Path) -> Iterator[str]:
         _wait(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, process, work)
         yield url
     finally:
-        _stop(process)
+        stop_service(process)
 
 
 def _wait(ready: Any, process: subprocess.Popen[bytes], work: Path, within: float = 180) -> None:
@@ -100,15 +100,6 @@ def _wait(ready: Any, process: subprocess.Popen[bytes], work: Path, within: floa
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"a process did not become ready; see the logs in {work}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 @contextmanager
@@ -156,7 +147,7 @@ def service(name: str, work: Path, embedding_url: str, admin_key: str) -> Iterat
             token = created.json()["key"]
         yield base, token
     finally:
-        _stop(process)
+        stop_service(process)
 
 
 async def search(http: httpx.AsyncClient, base: str, token: str, query: str) -> float:

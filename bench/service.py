@@ -1,9 +1,12 @@
 """What the benchmarks that drive a running service share: uploading files into the collection
-``bench`` and waiting, with one document listing per poll, until they are searchable."""
+``bench``, waiting, with one document listing per poll, until they are searchable, and stopping
+the service process."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -40,3 +43,13 @@ async def wait_ready(http: httpx.AsyncClient, expected: int, interval: float = 0
         if len(documents) >= expected and all(d["status"] == "ready" for d in documents):
             return sum(d["chunks"] for d in documents)
         await asyncio.sleep(interval)
+
+
+def stop_service(process: subprocess.Popen[bytes]) -> None:
+    """Stop a ``rag run`` process as an operator would (SIGTERM), killing it after a minute."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import httpx
 from bench.ingest.__main__ import write_corpus
 from bench.pool.common import machine, stop_on_sigterm, summary
 from bench.search.ingestion import TIMEOUT, drive_ingestion
-from bench.service import PAGE, upload, wait_ready
+from bench.service import PAGE, stop_service, upload, wait_ready
 from rag.core.runtime.supervisor import free_port
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
@@ -97,15 +96,6 @@ def start_service(
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the service did not start; see {data_dir / 'service.log'}")
-
-
-def stop_service(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 class Searches:
