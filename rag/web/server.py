@@ -153,12 +153,18 @@ def _raw_answer(error: RagError) -> bytes:
     )
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the head bounded (``bounded_protocol`` sets the limits)."""
+class _BoundedHead(asyncio.Protocol):
+    """What both bounded protocols add to uvicorn's (first in their bases, so ``super()`` is
+    uvicorn's protocol): a :class:`HeadGuard` per connection. ``_head_waiting`` says, from the
+    parser's state, whether a request head is being read."""
 
     max_head_bytes = DEFAULT_MAX_HEAD_BYTES
     head_timeout = DEFAULT_HEAD_TIMEOUT
     _guard: HeadGuard | None = None
+    cycle: Any  # uvicorn's request-response cycle of the connection (None between requests)
+
+    def _head_waiting(self) -> bool:
+        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -166,7 +172,7 @@ class BoundedH11Protocol(H11Protocol):
             transport,
             max_bytes=self.max_head_bytes,
             timeout=self.head_timeout,
-            waiting=lambda: self.conn.their_state is h11.IDLE,
+            waiting=self._head_waiting,
             busy=self._busy,
         )
 
@@ -185,39 +191,27 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class BoundedH11Protocol(_BoundedHead, H11Protocol):
+    """uvicorn's h11 protocol with the head bounded (``bounded_protocol`` sets the limits)."""
+
+    def _head_waiting(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+
 @functools.cache
 def _httptools_protocol() -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with the head bounded, imported only when chosen
     (httptools is optional: h11 is pure Python)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    class BoundedHttpToolsProtocol(_BoundedHead, HttpToolsProtocol):
         """A head is open from the connection's start, or the end of the previous message,
         until llhttp has parsed its last header."""
 
-        max_head_bytes = DEFAULT_MAX_HEAD_BYTES
-        head_timeout = DEFAULT_HEAD_TIMEOUT
-        _guard: HeadGuard | None = None
         _head_open = True
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._guard = HeadGuard(
-                transport,
-                max_bytes=self.max_head_bytes,
-                timeout=self.head_timeout,
-                waiting=lambda: self._head_open,
-                busy=self._busy,
-            )
-
-        def _busy(self) -> bool:
-            return self.cycle is not None and not self.cycle.response_complete
-
-        def data_received(self, data: bytes) -> None:
-            if self._guard is None:
-                super().data_received(data)
-            else:
-                self._guard.receive(data, super().data_received)
+        def _head_waiting(self) -> bool:
+            return self._head_open
 
         def on_headers_complete(self) -> None:
             self._head_open = False
@@ -226,11 +220,6 @@ def _httptools_protocol() -> type[asyncio.Protocol]:
         def on_message_complete(self) -> None:
             self._head_open = True
             super().on_message_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._guard is not None:
-                self._guard.stop()
-            super().connection_lost(exc)
 
     return BoundedHttpToolsProtocol
 
