@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ingest.registry import KeyStore, Registry
-from rag.core.errors import RagError
+from ingest.registry import KeyStore
+from rag.cli.registry import on_registry
 from rag.core.settings import Settings
 
 keys_app = typer.Typer(help="API keys of the service: create (shown once), list, revoke.")
@@ -27,18 +26,7 @@ def _with_keys(data_dir: Path | None, work: Callable[[KeyStore], Awaitable[T]]) 
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
 
-    async def run() -> T:
-        registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
-        try:
-            return await work(KeyStore(registry.engine))
-        finally:
-            await registry.close()
-
-    try:
-        return asyncio.run(run())
-    except RagError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from exc
+    return on_registry(settings, lambda engine: work(KeyStore(engine)))
 
 
 @keys_app.command("create")

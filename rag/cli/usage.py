@@ -8,7 +8,6 @@ Rows are kept per UTC day, so ``--since 24h`` covers the days the last 24 hours 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections import defaultdict
@@ -19,8 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ingest.registry import Prices, Registry, UsageRow, UsageStore, total
-from rag.core.errors import RagError
+from ingest.registry import Prices, UsageRow, UsageStore, total
+from rag.cli.registry import on_registry
 from rag.core.settings import Settings
 from rag.service.usage import prices
 
@@ -118,18 +117,7 @@ def plot(teams: list[Team], since: date, until: date, path: Path) -> None:
 
 
 def _rows(settings: Settings, since: date) -> list[UsageRow]:
-    async def read() -> list[UsageRow]:
-        registry = await Registry.connect(settings.registry_url, schema=settings.database_schema)
-        try:
-            return await UsageStore(registry.engine).totals(since=since)
-        finally:
-            await registry.close()
-
-    try:
-        return asyncio.run(read())
-    except RagError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from exc
+    return on_registry(settings, lambda engine: UsageStore(engine).totals(since=since))
 
 
 @usage_app.command("report")
