@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,12 +161,6 @@ def pool_counters(url: str) -> dict[str, float]:
     return found
 
 
-@contextlib.contextmanager
-def _made(folder: Path) -> Iterator[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    yield folder
-
-
 def erase_slots(upstreams: list[str], slots: int) -> None:
     """Empty every slot of every server (``POST /slots/{id}?action=erase``), so that each phase
     starts from the same server state. Without it, a phase that follows another found each slot
@@ -231,14 +223,13 @@ def main() -> None:
     }  # fmt: skip
     with (
         workdir("bench-pool-streams-") as tmp,
-        _made(tmp / "slots"),
         llama_servers(
             2,
             slots=slots,
             ctx=ctx,
             workdir=tmp,
             options=options,
-            args=["--slot-save-path", str(tmp / "slots")],
+            args=["--slot-save-path", str(tmp)],  # needed by the erase action; nothing saved
         ) as upstreams,
         balancer(upstreams, workdir=tmp, buffer_size="1024", buffer_timeout="120") as via,
     ):

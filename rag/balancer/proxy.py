@@ -166,7 +166,8 @@ class ProxyApp:
                 scope["method"], target, content=body or None, headers=headers,
                 prefix_key=prefix, budget=budget, tenant=scope.get(TENANT),
             ) as upstream:  # fmt: skip
-                opened = time.monotonic()
+                if trace:
+                    opened = time.monotonic()
                 # names as the upstream wrote them: clients that read headers into a plain dict
                 # (llama.cpp's own tests do) see the same keys as from llama-server
                 headers_out = [
@@ -188,7 +189,8 @@ class ProxyApp:
                     if trace and not first:
                         first = time.monotonic()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                ended = time.monotonic()
+                if trace:
+                    ended = time.monotonic()
                 answered = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 if trace:
