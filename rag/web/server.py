@@ -85,15 +85,17 @@ class HeadGuard:
             if self.waiting():
                 self.refuse(HeaderTooLarge(f"request head over {self.max_bytes} bytes"))
                 return
-            self._head_done()
+            self.head_complete()
             feed(data[room:])
             return
         self.received += len(data)
         feed(data)
         if not self.waiting():
-            self._head_done()
+            self.head_complete()
 
-    def _head_done(self) -> None:
+    def head_complete(self) -> None:
+        """The current head has ended: the next one starts from nothing. A parser that can end
+        a head and its whole message within one ``feed`` (llhttp) says so from its callback."""
         self.received = 0
         if self._timer is not None:
             self._timer.cancel()
@@ -115,7 +117,7 @@ class HeadGuard:
         """Answer ``error`` (unless a response is under way) and close the connection after
         dropping what the client still sends for ``LINGER`` seconds."""
         self.refused = True
-        self._head_done()
+        self.head_complete()
         client = self.transport.get_extra_info("peername")
         log.info("request head refused (%s, %s): %s", error.status, client, error.message)
         if self.busy():
@@ -215,6 +217,8 @@ def _httptools_protocol() -> type[asyncio.Protocol]:
 
         def on_headers_complete(self) -> None:
             self._head_open = False
+            if self._guard is not None:  # not counted against the next request's head
+                self._guard.head_complete()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
