@@ -3,8 +3,9 @@
 The FastAPI app's lifespan owns the one client to the upstreams and the ``Pool``; its routes
 (``routes.py``) serve health, pool status and membership, metrics and ``/docs``. The proxied
 llama.cpp / OpenAI endpoints are answered by ``proxy.ProxyApp`` (plain ASGI, the hot path) in
-front of it, under only the request-id and catch-all middlewares: FastAPI's own middleware stack
-(error, telemetry and body-limit layers) is skipped on every proxied request.
+front of it, which does the request id, the guard, the body limits and the last-resort 500 in
+one layer: the middlewares that do them for the balancer's own routes, and FastAPI's own stack,
+are skipped on every proxied request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.types import ASGIApp
 
-from rag.balancer.guard import GuardMiddleware, check_upstream_url
+from rag.balancer.guard import Guard, GuardMiddleware, check_upstream_url
 from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
 from rag.balancer.settings import BalancerSettings
@@ -73,21 +74,23 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
 
     app.openapi = openapi  # type: ignore[method-assign]
     upstream_key = settings.pool.upstream_api_key
-    proxy = ProxyApp(
+    guard = Guard(
+        admin_keys=[settings.admin_key.get_secret_value()] if settings.admin_key else [],
+        client_keys=settings.client_keys(),
+    )
+    own = RequestIdMiddleware(CatchAllMiddleware(GuardMiddleware(BodyLimitMiddleware(
+        app, max_bytes=settings.max_body_bytes, read_timeout=settings.pool.read_timeout
+    ), guard)))  # fmt: skip
+    return ProxyApp(
+        own,
         app,
+        guard=guard,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout=settings.pool.read_timeout,
         affinity=settings.pool.affinity,
         block=settings.pool.affinity_block_chars,
         upstream_key=upstream_key.get_secret_value() if upstream_key else None,
     )
-    limited = BodyLimitMiddleware(
-        proxy, max_bytes=settings.max_body_bytes, read_timeout=settings.pool.read_timeout
-    )
-    guarded = GuardMiddleware(
-        limited,
-        admin_keys=[settings.admin_key.get_secret_value()] if settings.admin_key else [],
-        client_keys=settings.client_keys(),
-    )
-    return RequestIdMiddleware(CatchAllMiddleware(guarded))
 
 
 async def _on_rejected(request: Request, exc: Exception) -> Response:

@@ -1,6 +1,7 @@
 """Who may call the balancer, and which upstreams it may be given.
 
-``GuardMiddleware`` sits in front of the proxy. The admin routes (pool status and membership,
+``Guard`` decides, for the proxy (``proxy.ProxyApp``, which asks it first) and in front of the
+balancer's own routes (``GuardMiddleware``). The admin routes (pool status and membership,
 ``/metrics``) need ``Authorization: Bearer`` with ``RAG_BALANCER_ADMIN_KEY``; without one set
 they answer loopback clients only. Proxied routes need one of ``RAG_BALANCER_API_KEYS`` (or the
 admin key) once any is set, sent as ``Authorization: Bearer`` or ``X-Api-Key`` (llama-server's
@@ -108,39 +109,48 @@ def _loopback(scope: Scope) -> bool:
         return False
 
 
-class GuardMiddleware:
+class Guard:
+    """Who may call which route: :meth:`refusal` says, for one request."""
+
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        admin_keys: Sequence[str],
-        client_keys: Sequence[str] | Mapping[str, str],
+        self, *, admin_keys: Sequence[str], client_keys: Sequence[str] | Mapping[str, str]
     ):
-        self.app = app
         self.admin_keys = list(admin_keys)
         named = key_names(client_keys)
         self.client_keys = [*named, *((ADMIN_NAME, key) for key in admin_keys)] if named else []
 
+    def refusal(self, scope: Scope) -> RagError | None:
+        """Why the HTTP request ``scope`` may not go on (``None``: it may). For a proxied
+        request with a valid client key, the key's name goes into ``scope`` (:data:`TENANT`)."""
+        route = (scope["method"], scope["path"])
+        if route in ADMIN_ROUTES:
+            if self.admin_keys:
+                if not matches(presented_key(scope), self.admin_keys):
+                    return Unauthorized("the balancer's admin routes need its admin key")
+            elif not _loopback(scope):
+                return Unauthorized(
+                    "without RAG_BALANCER_ADMIN_KEY the admin routes answer loopback only"
+                )
+        elif route not in OPEN_ROUTES and self.client_keys and scope["method"] != "OPTIONS":
+            name = identify(presented_key(scope), self.client_keys)
+            if name is None:
+                return ProxiedUnauthorized(
+                    "Invalid API Key: send Authorization: Bearer KEY", code=401
+                )
+            scope[TENANT] = name
+        return None
+
+
+class GuardMiddleware:
+    """:class:`Guard` in front of an ASGI app (the balancer's own routes)."""
+
+    def __init__(self, app: ASGIApp, guard: Guard):
+        self.app = app
+        self.guard = guard
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            route = (scope["method"], scope["path"])
-            refusal: RagError | None = None
-            if route in ADMIN_ROUTES:
-                if self.admin_keys:
-                    if not matches(presented_key(scope), self.admin_keys):
-                        refusal = Unauthorized("the balancer's admin routes need its admin key")
-                elif not _loopback(scope):
-                    refusal = Unauthorized(
-                        "without RAG_BALANCER_ADMIN_KEY the admin routes answer loopback only"
-                    )
-            elif route not in OPEN_ROUTES and self.client_keys and scope["method"] != "OPTIONS":
-                name = identify(presented_key(scope), self.client_keys)
-                if name is None:
-                    refusal = ProxiedUnauthorized(
-                        "Invalid API Key: send Authorization: Bearer KEY", code=401
-                    )
-                else:
-                    scope[TENANT] = name
+            refusal = self.guard.refusal(scope)
             if refusal is not None:
                 await error_response(refusal)(scope, receive, send)
                 return

@@ -9,10 +9,12 @@ preflights, model names with slashes, ...) go to a healthy upstream. The path go
 client sent it (``raw_path``: an encoded ``%2F`` stays encoded). For a proxied request it reads
 the body, derives the prefix-affinity keys and the token budget (for
 the pool's early handoff), opens the answer through ``Pool.stream`` (which fails over before the
-first byte) and passes it on byte for byte. One watcher task per request listens for the client's
-disconnect and cancels the request at once, whether it is waiting for a slot, waiting for the
-upstream or streaming: ``Pool.stream`` then closes the upstream response, which makes
-llama-server stop and free the slot.
+first byte) and passes it on byte for byte. A request still running after ``WATCH_AFTER``
+seconds gets a watcher task that listens for the client's disconnect and cancels the request at
+once, whether it is waiting for a slot, waiting for the upstream or streaming: ``Pool.stream``
+then closes the upstream response, which makes llama-server stop and free the slot. (Most
+answers, a short completion or a tokenize, end sooner: a task for each of them cost more of the
+balancer's added latency than the rest of this module.)
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag.balancer.guard import TENANT
+from rag.balancer.guard import TENANT, Guard
 from rag.core.errors import RagError
 from rag.core.pool import Pool, UpstreamRejected
 from rag.core.pool.budget import token_budget
 from rag.core.pool.observe import raw_chunks
 from rag.core.pool.pool import SLOT_PATHS
 from rag.core.pool.prefix import request_prefix
+from rag.core.requestid import reset_request_id, set_request_id
 from rag.web.errors import error_response
+from rag.web.limits import read_body
+from rag.web.requestid import HEADER, new_request_id, sane_request_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,10 @@ OWN = frozenset(
      ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"), ("GET", "/openapi.json")}
 )  # fmt: skip
 """The balancer's own endpoints (method, path); every other request goes to an upstream."""
+WATCH_AFTER = 0.02
+"""Seconds a proxied request runs before a task watches for its client's disconnect: a client
+that leaves is noticed at most this much later."""
+_REQUEST_ID = HEADER.encode()
 _CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie", b"x-api-key"})
 """Never passed on: an upstream gets the balancer's own key (``upstream_api_key``) instead."""
 _HOP_BY_HOP = frozenset(
@@ -72,6 +81,9 @@ OTHER_ROUTES = (
 path is passed on too."""
 
 
+_NOT_PASSED_ON = _HOP_BY_HOP | _CLIENT_CREDENTIALS
+
+
 def proxied(method: str, path: str) -> bool:
     return (method, path) not in OWN
 
@@ -83,13 +95,55 @@ def cors_origin(scope: Scope) -> list[tuple[bytes, bytes]]:
     return [(b"access-control-allow-origin", origin)] if origin else []
 
 
+class _Reply:
+    """The answer to one proxied request: every head it sends carries the request id (and, for
+    the balancer's own error answers, the CORS header); ``started`` once a head has gone."""
+
+    def __init__(self, scope: Scope, send: Send, request_id: str) -> None:
+        self.scope = scope
+        self.send = send
+        self.request_id = (_REQUEST_ID, request_id.encode())
+        self.started = False
+
+    async def head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        headers.append(self.request_id)
+        self.started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes, more: bool = False) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def error(self, exc: RagError, receive: Receive) -> None:
+        """The error shape, as the balancer's own routes answer it."""
+        extra = [self.request_id, *cors_origin(self.scope)]
+        self.started = True
+        await error_response(exc)(self.scope, receive, _with_headers(self.send, extra))
+
+
 class ProxyApp:
-    """Serves the proxied endpoints from ``app.state.pool``; passes the rest to ``app``."""
+    """Serves the proxied endpoints from ``pool_of.state.pool``; passes the rest to ``app``.
+
+    On the proxied path it does itself what the middlewares do for the balancer's own routes
+    (``app``), in one layer: the request id, the guard, the body limits and the last-resort 500.
+    """
 
     def __init__(
-        self, app: FastAPI, *, affinity: bool, block: int, upstream_key: str | None = None
+        self,
+        app: ASGIApp,
+        pool_of: FastAPI,
+        *,
+        guard: Guard,
+        max_body_bytes: int,
+        read_timeout: float,
+        affinity: bool,
+        block: int,
+        upstream_key: str | None = None,
     ) -> None:
         self.app = app
+        self.pool_of = pool_of
+        self.guard = guard
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
         self.affinity = affinity
         self.block = block
         self.upstream_auth = (
@@ -102,9 +156,34 @@ class ProxyApp:
                 send = _with_headers(send, cors_origin(scope))
             await self.app(scope, receive, send)
             return
-        pool: Pool = self.app.state.pool
+        incoming = next((v for k, v in scope["headers"] if k == _REQUEST_ID), b"")
+        request_id = incoming.decode("latin-1") if incoming else ""
+        if not sane_request_id(request_id):
+            request_id = new_request_id()
+        token = set_request_id(request_id)
+        reply = _Reply(scope, send, request_id)
+        try:
+            await self._serve(scope, receive, reply)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not reply.started:
+                await reply.error(RagError("internal error"), receive)
+        finally:
+            reset_request_id(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, reply: _Reply) -> None:
+        refusal = self.guard.refusal(scope)
+        if refusal is not None:
+            await reply.error(refusal, receive)
+            return
         arrived = time.monotonic()
-        body = await _read_body(receive)
+        try:
+            body = await read_body(
+                scope, receive, max_bytes=self.max_body_bytes, read_timeout=self.read_timeout
+            )
+        except RagError as exc:  # too large, too slow
+            await reply.error(exc, receive)
+            return
         path: str = scope["path"]
         prefix: tuple[str, ...] = ()
         budget = None
@@ -120,37 +199,32 @@ class ProxyApp:
         raw = scope.get("raw_path")
         sent_path = raw.decode("latin-1") if raw else path
         target = f"{sent_path}?{query.decode('latin-1')}" if query else sent_path
-        headers = httpx.Headers(
-            [
-                (k, v)
-                for k, v in scope["headers"]
-                if k not in _HOP_BY_HOP and k not in _CLIENT_CREDENTIALS
-            ]
-            + self.upstream_auth
-        )
+        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_PASSED_ON]
+        headers += self.upstream_auth
         await self._forward(
-            pool, scope, receive, send, target, body, headers, prefix, budget, arrived
+            self.pool_of.state.pool, receive, reply, target, body, headers, prefix, budget, arrived
         )
 
     async def _forward(
         self,
         pool: Pool,
-        scope: Scope,
         receive: Receive,
-        send: Send,
+        reply: _Reply,
         target: str,
         body: bytes,
-        headers: httpx.Headers,
+        headers: list[tuple[bytes, bytes]],
         prefix: tuple[str, ...],
         budget: int | None,
         arrived: float,
     ) -> None:
+        method = reply.scope["method"]
         trace = log.isEnabledFor(logging.DEBUG)  # per-request timings, for a diagnosis
         opened = first = ended = 0.0
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
         answered = False  # the last message is being sent: a disconnect now changes nothing
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -159,12 +233,15 @@ class ProxyApp:
             if not answered:
                 task.cancel()
 
-        watcher = asyncio.create_task(watch())
-        started = False
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = asyncio.create_task(watch())
+
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, start_watching)
         try:
             async with pool.stream(
-                scope["method"], target, content=body or None, headers=headers,
-                prefix_key=prefix, budget=budget, tenant=scope.get(TENANT),
+                method, target, content=body or None, headers=headers,
+                prefix_key=prefix, budget=budget, tenant=reply.scope.get(TENANT),
             ) as upstream:  # fmt: skip
                 if trace:
                     opened = time.monotonic()
@@ -173,30 +250,28 @@ class ProxyApp:
                 headers_out = [
                     (k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP
                 ]
-                start = {"type": "http.response.start", "status": upstream.status_code}
                 if "content-length" in upstream.headers and not _is_sse(upstream):
                     # a whole answer: one write for the headers, one for the body; raw bytes,
                     # as sent (aread would decode a compressed body under its encoding header)
                     content = b"".join([chunk async for chunk in raw_chunks(upstream)])
                     headers_out.append((b"content-length", str(len(content)).encode()))
-                    started = answered = True
-                    await send({**start, "headers": headers_out})
-                    await send({"type": "http.response.body", "body": content})
+                    answered = True
+                    await reply.head(upstream.status_code, headers_out)
+                    await reply.body(content)
                     return
-                await send({**start, "headers": headers_out})
-                started = True
+                await reply.head(upstream.status_code, headers_out)
                 async for chunk in raw_chunks(upstream):
                     if trace and not first:
                         first = time.monotonic()
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await reply.body(chunk, more=True)
                 if trace:
                     ended = time.monotonic()
                 answered = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await reply.body(b"")
                 if trace:
                     log.debug(
                         "timings %s %s: arrived %.6f, upstream answered +%.1f ms, first chunk "
-                        "+%.1f ms, upstream ended +%.1f ms, done +%.1f ms", scope["method"],
+                        "+%.1f ms, upstream ended +%.1f ms, done +%.1f ms", method,
                         target, arrived, *((t - arrived) * 1000 for t in (opened, first, ended,
                         time.monotonic())),
                     )  # fmt: skip
@@ -204,21 +279,22 @@ class ProxyApp:
             if not gone.is_set():
                 raise
             task.uncancel()
-            log.info("client left %s %s; upstream request cancelled", scope["method"], target)
+            log.info("client left %s %s; upstream request cancelled", method, target)
         except UpstreamRejected as exc:
             answered = True  # the upstream's status, headers and body, as it sent them
             headers_out = [(k, v) for k, v in exc.upstream_headers if k.lower() not in _HOP_BY_HOP]
             headers_out.append((b"content-length", str(len(exc.upstream_body)).encode()))
-            await send({"type": "http.response.start", "status": exc.upstream_status,
-                        "headers": headers_out})  # fmt: skip
-            await send({"type": "http.response.body", "body": exc.upstream_body})
+            await reply.head(exc.upstream_status, headers_out)
+            await reply.body(exc.upstream_body)
         except RagError as exc:
-            if started:
+            if reply.started:
                 raise  # the answer is under way: the connection is cut, the client sees an error
             answered = True
-            await error_response(exc)(scope, receive, _with_headers(send, cors_origin(scope)))
+            await reply.error(exc, receive)
         finally:
-            watcher.cancel()
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
 
 def document_proxied_paths(schema: dict[str, Any]) -> dict[str, Any]:
@@ -281,15 +357,3 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
 
 def _is_sse(response: httpx.Response) -> bool:
     return str(response.headers.get("content-type", "")).startswith("text/event-stream")
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message: Message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)

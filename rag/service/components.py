@@ -104,7 +104,7 @@ async def open_components(
 ) -> AsyncIterator[Components]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        # one client per upstream kind (aiohttp underneath, see rag/core/pool/client.py)
+        # one client per upstream kind (rag/core/pool/client.py)
         embedding_http = await stack.enter_async_context(build_client(settings.pool))
         generation_http = await stack.enter_async_context(build_client(settings.pool))
         embedding_pool = build_pool("embedding", embedding_http, settings.pool, metrics.pool)

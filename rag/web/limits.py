@@ -27,6 +27,77 @@ DEFAULT_MIN_RATE = 1024.0
 """Bytes a second a request body must average once its first ``read_timeout`` has passed."""
 
 
+class BodyPace:
+    """How long the next part of one request body may take (the rules in the module's
+    docstring), from the moment it was made."""
+
+    def __init__(self, read_timeout: float, min_rate: float) -> None:
+        self.read_timeout = read_timeout
+        self.min_rate = min_rate  # 0: no minimum
+        self._loop = asyncio.get_running_loop()
+        self._begun = self._loop.time()
+
+    def allowance(self, received: int) -> float:
+        """Seconds the next part may take, ``received`` bytes in (0 or less: too slow already)."""
+        wait = self.read_timeout
+        if self.min_rate:
+            earned = self._begun + self.read_timeout + received / self.min_rate - self._loop.time()
+            wait = min(wait, earned)
+        return wait
+
+    def too_slow(self, wait: float) -> RequestTimeout:
+        if wait < self.read_timeout:
+            return RequestTimeout(f"the request body arrived slower than {self.min_rate:g} bytes/s")
+        return RequestTimeout(f"no part of the request body arrived for {self.read_timeout} s")
+
+    async def next(self, receive: Receive, received: int) -> Message:
+        """The next message from ``receive``, or ``RequestTimeout``."""
+        wait = self.allowance(received)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):  # not wait_for: no task per receive on 3.11
+                return await receive()
+        except TimeoutError as exc:
+            raise self.too_slow(wait) from exc
+
+
+def too_large(scope: Scope, limit: int) -> PayloadTooLarge | None:
+    """The error for a request whose ``Content-Length`` is over ``limit``, if it is."""
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        return PayloadTooLarge(
+            f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+        )
+    return None
+
+
+async def read_body(
+    scope: Scope, receive: Receive, *, max_bytes: int, read_timeout: float,
+    min_rate: float = DEFAULT_MIN_RATE,
+) -> bytes:  # fmt: skip
+    """The whole request body within the limits, or ``PayloadTooLarge`` / ``RequestTimeout``
+    (for a plain ASGI app that reads the body itself: the balancer's proxy)."""
+    error = too_large(scope, max_bytes)
+    if error is not None:
+        raise error
+    pace = BodyPace(read_timeout, min_rate)
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await pace.next(receive, received)
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class BodyLimitMiddleware:
     def __init__(
         self,
@@ -48,36 +119,22 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.large.get((scope["method"], scope["path"]), self.max_bytes)
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            error = PayloadTooLarge(
-                f"request body of {declared} bytes exceeds the limit of {limit} bytes"
-            )
+        error = too_large(scope, limit)
+        if error is not None:
             await error_response(error)(scope, receive, send)
             return
         received = 0
         done = False
-        loop = asyncio.get_running_loop()
-        begun = loop.time()
+        pace = BodyPace(self.read_timeout, self.min_rate)
 
         async def limited_receive() -> Message:
             nonlocal received, done
             if done:  # the body is read: what remains is waiting for a disconnect
                 return await receive()
-            wait = self.read_timeout
-            if self.min_rate:
-                earned = begun + self.read_timeout + received / self.min_rate - loop.time()
-                wait = min(wait, earned)
             try:
-                if wait <= 0:
-                    raise TimeoutError
-                message = await asyncio.wait_for(receive(), wait)
-            except TimeoutError as exc:
-                if wait < self.read_timeout:
-                    detail = f"the request body arrived slower than {self.min_rate:g} bytes/s"
-                else:
-                    detail = f"no part of the request body arrived for {self.read_timeout} s"
-                raise HTTPException(408, detail) from exc
+                message = await pace.next(receive, received)
+            except RequestTimeout as exc:
+                raise HTTPException(408, exc.message) from exc
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -94,7 +151,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except HTTPException as exc:  # a plain ASGI app (the balancer's proxy) let it through
+        except HTTPException as exc:  # a plain ASGI app let it through
             if started or exc.status_code not in (408, 413):
                 raise
             kind: type[RagError] = PayloadTooLarge if exc.status_code == 413 else RequestTimeout

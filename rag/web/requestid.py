@@ -5,15 +5,27 @@ Pure ASGI middleware (no BaseHTTPMiddleware), so streamed responses pass through
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.core.requestid import reset_request_id, set_request_id
 
 HEADER = "x-request-id"
+_HEADER = HEADER.encode()
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def sane_request_id(value: str) -> bool:
+    """Whether a client's ``X-Request-ID`` is kept (short, no odd characters)."""
+    return _SANE.match(value) is not None
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as a uuid4's: an id, not a secret (``uuid4`` reads the OS's
+    random source, a system call per request)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:
@@ -24,14 +36,14 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if _SANE.match(incoming) else uuid.uuid4().hex
+        incoming = next((v for k, v in scope["headers"] if k == _HEADER), b"").decode("latin-1")
+        request_id = incoming if sane_request_id(incoming) else new_request_id()
         token = set_request_id(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((HEADER.encode(), request_id.encode()))
+                headers.append((_HEADER, request_id.encode()))
                 message["headers"] = headers
             await send(message)
 

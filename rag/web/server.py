@@ -200,6 +200,49 @@ class BoundedH11Protocol(_BoundedHead, H11Protocol):
         return self.conn.their_state is h11.IDLE
 
 
+class _HeadWithBody:
+    """A connection's transport as one response sees it: the response head is held until the
+    body's first write, so that a whole answer goes out as one write (one packet, one wake-up
+    of the client instead of two), or until the end of the event loop's turn."""
+
+    __slots__ = ("_first", "_held", "_transport")
+    _COPY_BELOW = 64 * 1024  # a small body is joined to its head; a big one goes beside it
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            self._held = data
+            asyncio.get_running_loop().call_soon(self.flush)
+            return
+        held, self._held = self._held, None
+        if held is None:
+            self._transport.write(data)
+        elif len(data) < self._COPY_BELOW:
+            self._transport.write(held + data)
+        else:
+            self._transport.writelines([held, data])
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 @functools.cache
 def _httptools_protocol() -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with the head bounded, imported only when chosen
@@ -219,7 +262,10 @@ def _httptools_protocol() -> type[asyncio.Protocol]:
             self._head_open = False
             if self._guard is not None:  # not counted against the next request's head
                 self._guard.head_complete()
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not None and self.cycle is not before:  # (none made: an upgrade)
+                self.cycle.transport = _HeadWithBody(self.transport)
 
         def on_message_complete(self) -> None:
             self._head_open = True

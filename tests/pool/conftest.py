@@ -53,7 +53,7 @@ async def start_servers(
 
 @pytest.fixture(scope="session")
 async def pool_http() -> AsyncIterator[PoolClient]:
-    """The client the service and the balancer hand their pools (aiohttp underneath)."""
+    """The client the service and the balancer hand their pools (rag/core/pool/transport.py)."""
     async with pool_client(connect=2.0, read=120.0) as http:
         yield http
 

@@ -18,7 +18,7 @@ from tests.pool.conftest import Binaries, busy_slots, start_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SHORT = {"prompt": "The capital of France is", "n_predict": 4}
+SHORT = {"prompt": "The capital of France is", "n_predict": 4, "ignore_eos": True}  # always 4
 
 
 async def hold_through(

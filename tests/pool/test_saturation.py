@@ -22,7 +22,7 @@ import pytest
 
 from rag.core.pool import Pool
 from rag.core.pool.client import PoolClient
-from rag.core.pool.transport import AiohttpTransport
+from rag.core.pool.transport import UpstreamTransport
 from rag.core.runtime.supervisor import ChildSpec, free_port
 from rag.core.settings import Settings
 from tests.conftest import start_children, wait_for
@@ -53,9 +53,9 @@ def counted(pool: Pool, name: str) -> float:
     )
 
 
-def transport(http: PoolClient) -> AiohttpTransport:
+def transport(http: PoolClient) -> UpstreamTransport:
     sent = http.upstream_transport
-    assert isinstance(sent, AiohttpTransport)
+    assert isinstance(sent, UpstreamTransport)
     return sent
 
 

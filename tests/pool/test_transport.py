@@ -1,4 +1,4 @@
-"""The pools' aiohttp transport over real sockets: a scripted HTTP/1.1 server on loopback answers,
+"""The pools' upstream transport over real sockets: a scripted HTTP/1.1 server on loopback answers,
 stalls, breaks off or hangs up, and the client must see httpx's exceptions (the pool acts on
 them), stream as data arrives, reuse connections, and close an unfinished one. Then a pool whose
 first upstream hangs up before the first byte streams from the other (a real llama-server), and
@@ -18,6 +18,7 @@ import pytest
 from rag.balancer import balancer_settings, create_balancer_app
 from rag.core.pool import Pool
 from rag.core.pool.client import PoolClient, pool_client
+from rag.core.pool.transport import UpstreamTransport
 from rag.core.runtime.supervisor import free_port
 from tests.conftest import wait_for
 from tests.pool.conftest import answers_health, serving
@@ -50,6 +51,7 @@ class ScriptedServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        drop_next = False  # "/once" answered on this connection: hang up on the next request
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -61,6 +63,9 @@ class ScriptedServer:
                 )  # fmt: skip
                 await reader.readexactly(length)
                 self.requests.append(path)
+                if drop_next:
+                    return
+                drop_next = path == "/once"
                 if not await self._answer(path, reader, writer):
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -161,7 +166,23 @@ async def test_hang_up_before_answering_is_a_protocol_error(
 ) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         await http.post(f"{server.url}/hang-up", content=b"{}")
-    assert server.requests == ["/hang-up", "/hang-up"]  # sent once more on a new connection
+    # not sent again: a new connection that breaks is the upstream's fault (the pool fails over)
+    assert server.requests == ["/hang-up"]
+
+
+async def test_a_kept_alive_connection_closed_before_answering_is_resent_on_a_new_one(
+    server: ScriptedServer, http: httpx.AsyncClient
+) -> None:
+    """A server that closes a kept-alive connection as the next request arrives (an idle
+    timeout racing the request): that request was never handled, so it goes again once, on a
+    connection opened for it, and succeeds."""
+    transport = http._transport
+    assert isinstance(transport, UpstreamTransport)
+    assert (await http.post(f"{server.url}/once", content=b"{}")).content == b"hello"
+    response = await http.post(f"{server.url}/ok", content=b"{}")
+    assert (response.status_code, response.content) == (200, b"hello")
+    assert server.requests == ["/once", "/ok", "/ok"] and server.connections == 2
+    assert transport.resent == 1
 
 
 async def test_body_cut_short_is_a_read_error(
@@ -217,6 +238,7 @@ async def test_a_resend_goes_on_a_new_connection_not_another_pooled_one(
     with pytest.raises(httpx.RemoteProtocolError):
         await http.post(f"{server.url}/hang-up", content=b"{}")
     assert server.connections == opened + 1  # the first try took a pooled connection
+    assert server.requests[-2:] == ["/hang-up", "/hang-up"]  # sent once more, then given up
 
 
 async def test_closing_an_unfinished_response_closes_its_connection(

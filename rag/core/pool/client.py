@@ -1,7 +1,7 @@
-"""The client a pool should be handed: timeouts, limits, aiohttp underneath, a lean send.
+"""The client a pool should be handed: timeouts, limits, a lean transport, a lean send.
 
-Requests go out through :class:`rag.core.pool.transport.AiohttpTransport` (aiohttp's connection pool
-and parser, ``TCP_NODELAY`` on every socket): about a millisecond less per proxied request than
+Requests go out through :class:`rag.core.pool.transport.UpstreamTransport` (asyncio protocols and
+llhttp, ``TCP_NODELAY`` on every socket): more than a millisecond less per proxied request than
 httpx's own transport, measured in ``bench/pool/latency.py``. One client per upstream kind,
 owned by a lifespan.
 """
@@ -9,12 +9,12 @@ owned by a lifespan.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from rag.core.pool.transport import AiohttpTransport
+from rag.core.pool.transport import UpstreamTransport
 
 KEEPALIVE_EXPIRY = 4.0
 """Seconds an idle upstream connection is kept: below llama-server's 5 s, so a reused
@@ -42,7 +42,7 @@ class PoolClient(httpx.AsyncClient):
         *,
         json: Any = None,
         content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]] | None = None,
     ) -> httpx.Response:
         """Send a request; the answer's body is left to read (``aread``, ``aiter_raw``)."""
         request = httpx.Request(
@@ -66,5 +66,7 @@ def pool_client(
 ) -> PoolClient:
     """A client for upstream llama-servers; ``read`` bounds the gap between streamed chunks."""
     timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
-    transport = AiohttpTransport(max_connections=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY)
+    transport = UpstreamTransport(
+        max_connections=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     return PoolClient(timeout=timeout, transport=transport)

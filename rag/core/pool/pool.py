@@ -51,9 +51,11 @@ def needs_slot(path: str) -> bool:
     return path.split("?", 1)[0] in SLOT_PATHS
 
 
-def _with_auth(
-    headers: Mapping[str, str] | None, auth: Mapping[str, str]
-) -> Mapping[str, str] | None:
+Headers = Mapping[str, str] | Sequence[tuple[bytes, bytes]]
+"""A request's headers: a mapping, or the raw pairs a proxy passes on."""
+
+
+def _with_auth(headers: Headers | None, auth: Mapping[str, str]) -> Headers | None:
     """``headers`` with the upstream's key, unless the caller sent an ``Authorization``."""
     if not auth:
         return headers
@@ -65,9 +67,13 @@ def _with_auth(
         merged = headers.copy()
         merged.update(auth)
         return merged
-    if any(name.lower() == "authorization" for name in headers):
+    if isinstance(headers, Mapping):
+        if any(name.lower() == "authorization" for name in headers):
+            return headers
+        return {**headers, **auth}
+    if any(name.lower() == b"authorization" for name, _ in headers):
         return headers
-    return {**headers, **auth}
+    return [*headers, *((name.encode(), value.encode()) for name, value in auth.items())]
 
 
 def _prefix(key: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -117,6 +123,12 @@ class Pool:
         )
         self._pollers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._started = False
+        # metric children looked up once (``labels`` takes a lock and hashes every time): per
+        # pool, and per (upstream, status), dropped with the upstream
+        self._ttft = self.metrics.ttft.labels(name)
+        self._tokens_per_second = self.metrics.tokens_per_second.labels(name)
+        self._tokens_generated = self.metrics.tokens_generated.labels(name)
+        self._answered: dict[tuple[str, int], Any] = {}
 
     @property
     def policy(self) -> str:
@@ -167,6 +179,7 @@ class Pool:
             poller[0].cancel()
             await asyncio.gather(poller[0], return_exceptions=True)
         self.scheduler.forget(url)
+        self._answered = {key: child for key, child in self._answered.items() if key[0] != url}
         log.info("pool %s: upstream %s removed", self.name, url)
 
     @property
@@ -227,7 +240,7 @@ class Pool:
         *,
         json: Any,
         content: bytes | None,
-        headers: Mapping[str, str] | None,
+        headers: Headers | None,
         prefix_key: str | Sequence[str] | None,
         budget: int | None,
         read_body: bool,
@@ -292,14 +305,18 @@ class Pool:
                 self.scheduler.release(lease)
                 raise
             status = response.status_code
-            self.metrics.requests.labels(self.name, upstream.url, str(status)).inc()
+            counted = self._answered.get((upstream.url, status))
+            if counted is None:
+                counted = self.metrics.requests.labels(self.name, upstream.url, str(status))
+                self._answered[upstream.url, status] = counted
+            counted.inc()
             if status < 400:
                 if not read_body:
                     sse = response.headers.get("content-type", "").startswith("text/event-stream")
                     observe(
                         response,
                         started=started,
-                        on_first_chunk=self.metrics.ttft.labels(self.name).observe if sse else None,
+                        on_first_chunk=self._ttft.observe if sse else None,
                         on_timings=self._record_timings,
                         on_events=(
                             functools.partial(self.scheduler.progress, lease)
@@ -330,8 +347,8 @@ class Pool:
             self.metrics.failovers.labels(self.name).inc()
 
     def _record_timings(self, tokens_per_second: float, tokens: int) -> None:
-        self.metrics.tokens_per_second.labels(self.name).observe(tokens_per_second)
-        self.metrics.tokens_generated.labels(self.name).inc(tokens)
+        self._tokens_per_second.observe(tokens_per_second)
+        self._tokens_generated.inc(tokens)
 
     async def request(
         self,
@@ -340,7 +357,7 @@ class Pool:
         *,
         json: Any = None,
         content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers | None = None,
         prefix_key: str | Sequence[str] | None = None,
         budget: int | None = None,
         tenant: str | None = None,
@@ -373,7 +390,7 @@ class Pool:
         *,
         json: Any = None,
         content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers | None = None,
         prefix_key: str | Sequence[str] | None = None,
         budget: int | None = None,
         tenant: str | None = None,
