@@ -39,7 +39,7 @@ from rag.core.pool.prefix import request_prefix
 from rag.core.requestid import reset_request_id, set_request_id
 from rag.web.errors import error_response
 from rag.web.limits import read_body
-from rag.web.requestid import HEADER, new_request_id, sane_request_id
+from rag.web.requestid import HEADER, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ class ProxyApp:
                 send = _with_headers(send, cors_origin(scope))
             await self.app(scope, receive, send)
             return
-        incoming = next((v for k, v in scope["headers"] if k == _REQUEST_ID), b"")
-        request_id = incoming.decode("latin-1") if incoming else ""
-        if not sane_request_id(request_id):
-            request_id = new_request_id()
+        request_id = request_id_of(scope)
         token = set_request_id(request_id)
         reply = _Reply(scope, send, request_id)
         try:

@@ -62,6 +62,11 @@ class BodyPace:
             raise self.too_slow(wait) from exc
 
 
+def over_limit(limit: int) -> PayloadTooLarge:
+    """The error for a body found, while read, to be longer than ``limit`` bytes."""
+    return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+
+
 def too_large(scope: Scope, limit: int) -> PayloadTooLarge | None:
     """The error for a request whose ``Content-Length`` is over ``limit``, if it is."""
     declared = _content_length(scope)
@@ -91,7 +96,7 @@ async def read_body(
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+            raise over_limit(max_bytes)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -138,7 +143,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+                    raise HTTPException(413, over_limit(limit).message)
                 done = not message.get("more_body", False)
             return message
 

@@ -28,6 +28,12 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+def request_id_of(scope: Scope) -> str:
+    """The id of the request ``scope``: the client's ``X-Request-ID`` if sane, else a new one."""
+    incoming = next((v for k, v in scope["headers"] if k == _HEADER), b"").decode("latin-1")
+    return incoming if sane_request_id(incoming) else new_request_id()
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,8 +42,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next((v for k, v in scope["headers"] if k == _HEADER), b"").decode("latin-1")
-        request_id = incoming if sane_request_id(incoming) else new_request_id()
+        request_id = request_id_of(scope)
         token = set_request_id(request_id)
 
         async def send_with_id(message: Message) -> None:

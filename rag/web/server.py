@@ -22,7 +22,6 @@ import functools
 import importlib.util
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rag.core.errors import HeaderTooLarge, RagError, RequestTimeout
+from rag.web.requestid import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class HeadGuard:
 
 def _raw_answer(error: RagError) -> bytes:
     """An HTTP/1.1 answer with the error shape, written before any request object exists."""
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     body = error.body()
     body["error"]["request_id"] = request_id
     content = json.dumps(body).encode()

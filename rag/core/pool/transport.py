@@ -114,9 +114,6 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(httpx.ReadError("the answer broke off", request=self._request))
 
-    def pause_writing(self) -> None:  # a request body larger than the socket buffer
-        pass  # bodies are in memory already: the transport buffers the rest
-
     # --- llhttp callbacks ------------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
