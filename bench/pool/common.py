@@ -251,6 +251,32 @@ def _stop(procs: Sequence[Proc]) -> None:
             proc.process.wait()
 
 
+def cpu_list(text: str | None) -> set[int] | None:
+    """``"0,2-5"`` -> ``{0, 2, 3, 4, 5}`` (taskset's list syntax); ``None`` stays ``None``."""
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block (and the processes it starts, which inherit it) on ``cpus`` only; the
+    block's end restores this process's own set. ``None``: unchanged."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 @contextlib.contextmanager
 def llama_servers(
     count: int,

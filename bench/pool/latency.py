@@ -28,9 +28,11 @@ from bench.pool.common import (
     add_server_options,
     balancer,
     command_line,
+    cpu_list,
     llama_servers,
     machine,
     nginx_least_conn,
+    on_cpus,
     publish,
     server_options,
     stop_on_sigterm,
@@ -70,6 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--no-nginx", action="store_true", help="compare with the balancer only")
+    parser.add_argument("--client-cpus", help="CPUs of this (the client's) process, e.g. 0")
+    parser.add_argument("--server-cpus", help="CPUs of the llama-server, e.g. 2-15")
+    parser.add_argument("--balancer-cpus", help="CPUs of the balancer (and nginx), e.g. 1")
     add_server_options(parser)
     args = parser.parse_args()
     options = server_options(args)
@@ -79,16 +84,25 @@ def main() -> None:
     stop_on_sigterm()
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(workdir("bench-pool-latency-"))
-        (upstream,) = stack.enter_context(
-            llama_servers(1, slots=2, ctx=1024, workdir=tmp, options=options)
-        )
-        targets = {
-            "direct": upstream,
-            "balancer": stack.enter_context(balancer([upstream], workdir=tmp)),
-        }
-        if use_nginx:
-            targets["nginx"] = stack.enter_context(nginx_least_conn([upstream], workdir=tmp))
+        with on_cpus(cpu_list(args.server_cpus)):
+            (upstream,) = stack.enter_context(
+                llama_servers(1, slots=2, ctx=1024, workdir=tmp, options=options)
+            )
+        with on_cpus(cpu_list(args.balancer_cpus)):
+            targets = {
+                "direct": upstream,
+                "balancer": stack.enter_context(balancer([upstream], workdir=tmp)),
+            }
+            if use_nginx:
+                targets["nginx"] = stack.enter_context(nginx_least_conn([upstream], workdir=tmp))
         env = machine(args.machine)
+        pinned = {
+            "client": args.client_cpus, "servers": args.server_cpus, "balancer": args.balancer_cpus
+        }  # fmt: skip
+        env["cpus_pinned"] = {k: v for k, v in pinned.items() if v}
+        if env["cpus_pinned"]:  # its own result files beside the unpinned run's
+            env["slug"] = f"{env['slug'] or 'cpu'}-pinned"
+        stack.enter_context(on_cpus(cpu_list(args.client_cpus)))
         times = asyncio.run(measure(targets, args.rounds))
     proxies = [name for name in targets if name != "direct"]
     result: dict[str, Any] = {
@@ -125,7 +139,8 @@ def main() -> None:
         f"One llama-server (SmolLM2-135M, -np {options.slots or 2}, {options.describe()}); "
         f"{args.rounds} rounds, each request sent directly, through `rag balancer`"
         + (" and through nginx (least_conn, keepalive)" if use_nginx else "")
-        + " in a rotating order, one at a time. Times in ms; ratio = proxied / direct, same run.",
+        + " in a rotating order, one at a time. Times in ms; ratio = proxied / direct, same run."
+        + "".join(f" CPUs of the {k}: {v}." for k, v in env["cpus_pinned"].items()),
         "",
         "| request | via | direct p50 | via p50 | added p50 | ratio p50 | direct p99 | via p99 "
         "| added p99 | ratio p99 |",

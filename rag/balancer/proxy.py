@@ -36,6 +36,7 @@ from rag.core.pool.budget import token_budget
 from rag.core.pool.observe import raw_chunks
 from rag.core.pool.pool import SLOT_PATHS
 from rag.core.pool.prefix import request_prefix
+from rag.core.pool.transport import Answer
 from rag.core.requestid import reset_request_id, set_request_id
 from rag.web.errors import error_response
 from rag.web.limits import read_body
@@ -236,9 +237,9 @@ class ProxyApp:
 
         timer = asyncio.get_running_loop().call_later(WATCH_AFTER, start_watching)
         try:
-            async with pool.stream(
-                method, target, content=body or None, headers=headers,
-                prefix_key=prefix, budget=budget, tenant=reply.scope.get(TENANT),
+            async with pool.forward(
+                method, target, content=body, headers=headers, prefix_key=prefix,
+                budget=budget, tenant=reply.scope.get(TENANT),
             ) as upstream:  # fmt: skip
                 if trace:
                     opened = time.monotonic()
@@ -247,7 +248,7 @@ class ProxyApp:
                 headers_out = [
                     (k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP
                 ]
-                if "content-length" in upstream.headers and not _is_sse(upstream):
+                if upstream.headers.get("content-length") is not None and not _is_sse(upstream):
                     # a whole answer: one write for the headers, one for the body; raw bytes,
                     # as sent (aread would decode a compressed body under its encoding header)
                     content = b"".join([chunk async for chunk in raw_chunks(upstream)])
@@ -352,5 +353,5 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     return sending
 
 
-def _is_sse(response: httpx.Response) -> bool:
-    return str(response.headers.get("content-type", "")).startswith("text/event-stream")
+def _is_sse(response: httpx.Response | Answer) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")

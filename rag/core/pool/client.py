@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from rag.core.pool.transport import UpstreamTransport
+from rag.core.pool.transport import Answer, UpstreamTransport
 
 KEEPALIVE_EXPIRY = 4.0
 """Seconds an idle upstream connection is kept: below llama-server's 5 s, so a reused
@@ -33,6 +33,7 @@ class PoolClient(httpx.AsyncClient):
     def __init__(self, *, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport) -> None:
         super().__init__(timeout=timeout, transport=transport)
         self.upstream_transport = transport
+        self.raw = isinstance(transport, UpstreamTransport)  # ``exchange`` can be used
         self._timeouts = timeout.as_dict()
 
     async def open(
@@ -52,6 +53,16 @@ class PoolClient(httpx.AsyncClient):
         response = await self.upstream_transport.handle_async_request(request)
         response.request = request  # a MockTransport in tests leaves it unset
         return response
+
+    async def exchange(
+        self, method: str, url: str, *, content: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> Answer:
+        """``open`` for a proxy, where ``raw``: ``headers`` go as they are (with ``Host`` and
+        the length of ``content``) and the answer comes as the upstream sent it, without httpx's
+        request and response objects (``UpstreamTransport.exchange``)."""
+        transport = self.upstream_transport
+        assert isinstance(transport, UpstreamTransport), "exchange needs the pool's transport"
+        return await transport.exchange(method, url, headers, content, self._timeouts)
 
 
 @functools.lru_cache(maxsize=1024)

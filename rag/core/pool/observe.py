@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 
 from rag.core.pool.budget import stream_events
+from rag.core.pool.transport import Answer
 
 _TAIL_BYTES = 4096
 _PREDICTED_PER_SECOND = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
@@ -72,18 +73,19 @@ class ObservedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+def raw_chunks(response: httpx.Response | Answer) -> AsyncIterator[bytes]:
     """The bytes of an opened answer as they arrive, straight from its stream: httpx's
     ``aiter_raw`` adds per-chunk layers (re-chunking, byte counts) that a proxy does without,
     and it runs once per streamed token. The caller closes the response."""
     stream = response.stream
     if isinstance(stream, httpx.AsyncByteStream):
         return stream.__aiter__()
+    assert isinstance(response, httpx.Response)  # an Answer's stream is always one
     return response.aiter_raw()
 
 
 def observe(
-    response: httpx.Response,
+    response: httpx.Response | Answer,
     *,
     started: float,
     on_first_chunk: Callable[[float], None] | None,

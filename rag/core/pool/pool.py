@@ -11,11 +11,10 @@ the buffer serves in turn with the others when slots are short.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -26,10 +25,12 @@ from rag.core.pool.client import PoolClient
 from rag.core.pool.errors import UpstreamRejected
 from rag.core.pool.metrics import PoolMetrics
 from rag.core.pool.observe import generation_timings, observe
+from rag.core.pool.opening import Headers, Opening, R, with_auth, with_raw_auth
 from rag.core.pool.policy import check_policy
 from rag.core.pool.poller import run_poller
 from rag.core.pool.scheduler import Lease, Scheduler
 from rag.core.pool.tenant import resolve_tenant
+from rag.core.pool.transport import Answer
 from rag.core.pool.upstream import Upstream, UpstreamState
 
 log = logging.getLogger(__name__)
@@ -49,31 +50,6 @@ _RETRYABLE = (*_CONNECT_ERRORS, httpx.RemoteProtocolError, httpx.ReadError, http
 def needs_slot(path: str) -> bool:
     """Whether a request on ``path`` occupies a slot of the llama-server while it runs."""
     return path.split("?", 1)[0] in SLOT_PATHS
-
-
-Headers = Mapping[str, str] | Sequence[tuple[bytes, bytes]]
-"""A request's headers: a mapping, or the raw pairs a proxy passes on."""
-
-
-def _with_auth(headers: Headers | None, auth: Mapping[str, str]) -> Headers | None:
-    """``headers`` with the upstream's key, unless the caller sent an ``Authorization``."""
-    if not auth:
-        return headers
-    if headers is None:
-        return auth
-    if isinstance(headers, httpx.Headers):
-        if "authorization" in headers:
-            return headers
-        merged = headers.copy()
-        merged.update(auth)
-        return merged
-    if isinstance(headers, Mapping):
-        if any(name.lower() == "authorization" for name in headers):
-            return headers
-        return {**headers, **auth}
-    if any(name.lower() == b"authorization" for name, _ in headers):
-        return headers
-    return [*headers, *((name.encode(), value.encode()) for name, value in auth.items())]
 
 
 def _prefix(key: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -233,20 +209,31 @@ class Pool:
         self.metrics.upstream_errors.labels(self.name, upstream.url, kind).inc()
         self._wake_poller(upstream.url)
 
+    def _sender(
+        self, method: str, path: str, json: Any, content: bytes | None, headers: Headers | None
+    ) -> Callable[[Upstream], Awaitable[httpx.Response]]:
+        """The request through httpx's API, to the upstream it is given."""
+
+        def send(upstream: Upstream) -> Awaitable[httpx.Response]:
+            return self.http.open(
+                method, upstream.url + path, json=json, content=content,
+                headers=with_auth(headers, upstream.auth),
+            )  # fmt: skip
+
+        return send
+
     async def _open(
         self,
-        method: str,
         path: str,
+        send: Callable[[Upstream], Awaitable[R]],
         *,
         json: Any,
-        content: bytes | None,
-        headers: Headers | None,
         prefix_key: str | Sequence[str] | None,
         budget: int | None,
         read_body: bool,
         tenant: str | None,
-    ) -> tuple[Lease, httpx.Response]:
-        """Send the request, failing over until an upstream answers below 500."""
+    ) -> tuple[Lease, R]:
+        """Send the request (``send``), failing over until an upstream answers below 500."""
         slot = needs_slot(path)
         prefix = _prefix(prefix_key)
         for_tenant = resolve_tenant(tenant)
@@ -263,12 +250,9 @@ class Pool:
             lease = await self.scheduler.acquire(slot, prefix, frozenset(tried), budget, for_tenant)
             upstream = lease.upstream
             started = time.perf_counter()
-            response: httpx.Response | None = None
+            response: R | None = None
             try:
-                response = await self.http.open(
-                    method, upstream.url + path, json=json, content=content,
-                    headers=_with_auth(headers, upstream.auth),
-                )  # fmt: skip
+                response = await send(upstream)
                 if response.status_code < 500 and read_body:
                     await response.aread()
             except _RETRYABLE as exc:
@@ -368,7 +352,7 @@ class Pool:
         (``rag.core.pool.tenant``), else the tenant of requests without a key.
         """
         lease, response = await self._open(
-            method, path, json=json, content=content, headers=headers,
+            path, self._sender(method, path, json, content, headers), json=json,
             prefix_key=prefix_key, budget=budget, read_body=True, tenant=tenant,
         )  # fmt: skip
         try:
@@ -382,8 +366,7 @@ class Pool:
             self.scheduler.release(lease)
         return response
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         path: str,
@@ -394,26 +377,57 @@ class Pool:
         prefix_key: str | Sequence[str] | None = None,
         budget: int | None = None,
         tenant: str | None = None,
-    ) -> AsyncIterator[httpx.Response]:
-        """An opened upstream response (status below 400) whose body the caller reads.
+    ) -> Opening[httpx.Response]:
+        """``async with pool.stream(...) as response``: an opened upstream response (status
+        below 400) whose body the caller reads; the slot is given back at the block's end.
 
         ``budget``: the most tokens the request may generate, when ``json`` does not say it
         (``n_predict``, ``max_tokens``); it lets the pool see the slot about to free.
         ``tenant``: as for ``request``.
         """
-        lease, response = await self._open(
-            method, path, json=json, content=content, headers=headers,
-            prefix_key=prefix_key, budget=budget, read_body=False, tenant=tenant,
-        )  # fmt: skip
-        try:
-            yield response
-        except httpx.TransportError as exc:
-            self._failed(
-                lease.upstream, type(exc).__name__, f"{type(exc).__name__} while streaming"
-            )
-            raise UpstreamFailed(f"the upstream stream broke off: {type(exc).__name__}") from exc
-        finally:
-            try:
-                await response.aclose()
-            finally:
-                self.scheduler.release(lease)
+        send = self._sender(method, path, json, content, headers)
+        return self._opening(path, send, json, prefix_key, budget, tenant)
+
+    def forward(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        prefix_key: Sequence[str] = (),
+        budget: int | None = None,
+        tenant: str | None = None,
+    ) -> Opening[Answer] | Opening[httpx.Response]:
+        """``stream`` for a proxy: ``headers`` go as they are and the answer comes as the
+        upstream sent it (``PoolClient.exchange``: no httpx objects on the way)."""
+        if not self.http.raw:  # another transport (tests): httpx's way
+            return self.stream(
+                method, path, content=content or None, headers=headers, prefix_key=prefix_key,
+                budget=budget, tenant=tenant,
+            )  # fmt: skip
+
+        def send(upstream: Upstream) -> Awaitable[Answer]:
+            return self.http.exchange(
+                method, upstream.url + path, content=content,
+                headers=with_raw_auth(headers, upstream.auth),
+            )  # fmt: skip
+
+        return self._opening(path, send, None, prefix_key, budget, tenant)
+
+    def _opening(
+        self,
+        path: str,
+        send: Callable[[Upstream], Awaitable[R]],
+        json: Any,
+        prefix_key: str | Sequence[str] | None,
+        budget: int | None,
+        tenant: str | None,
+    ) -> Opening[R]:
+        def open() -> Awaitable[tuple[Lease, R]]:
+            return self._open(
+                path, send, json=json, prefix_key=prefix_key, budget=budget, read_body=False,
+                tenant=tenant,
+            )  # fmt: skip
+
+        return Opening(open, self._failed, self.scheduler.release)

@@ -30,214 +30,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import socket
+import functools
 import ssl
 import time
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import overload
 
-import httptools
 import httpx
 
-_HIGH_WATER = 1 << 20
-"""Bytes of one answer buffered before its socket stops being read (resumed below a quarter)."""
+from rag.core.pool.connection import Connection, Origin
+
 _BROKEN_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
-
-class _Connection(asyncio.Protocol):
-    """One connection to an upstream: one request at a time, its answer parsed as it arrives."""
-
-    def __init__(self, transport: UpstreamTransport, origin: tuple[str, str, int]) -> None:
-        self._owner = transport
-        self.origin = origin
-        self._loop = asyncio.get_running_loop()
-        self._socket: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self.lost = False
-        self.idle_since = 0.0
-        self._request: httpx.Request | None = None
-        self._begin(None, head_only=False)
-
-    def _begin(self, request: httpx.Request | None, *, head_only: bool) -> None:
-        self._request = request
-        self._head_only = head_only  # HEAD: the answer has no body, whatever its length says
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self._interim = False  # a 1xx head: the real answer follows
-        self._delimited = False  # a length or chunked encoding says where the body ends
-        self.chunked = False
-        self.keep_alive = False
-        self.head: asyncio.Future[None] | None = None
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._paused = False
-        self.complete = False
-        self.error: httpx.TransportError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    # --- asyncio.Protocol ------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._socket = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # not TCP
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        if self._request is None:  # nothing asked: a server talking out of turn
-            self.close()
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(
-                httpx.RemoteProtocolError("the upstream switched protocols", request=self._request)
-            )
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed answer: {exc}", request=self._request))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._owner._forget(self)
-        if self._request is None or self.complete:
-            return
-        if self.head is not None and self.head.done() and not self._delimited and exc is None:
-            self.complete = True  # a body that ends with the connection (no length given)
-            self._wake()
-            return
-        if exc is not None:
-            self._fail(httpx.ReadError(f"connection broken: {exc}", request=self._request))
-        elif self.head is None or not self.head.done():
-            self._fail(httpx.RemoteProtocolError("Server disconnected", request=self._request))
-        else:
-            self._fail(httpx.ReadError("the answer broke off", request=self._request))
-
-    # --- llhttp callbacks ------------------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._interim = True
-            self.headers = []
-            return
-        self.status = status
-        self.keep_alive = self._parser.should_keep_alive() and not self._head_only
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                self._delimited = True
-            elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
-                self._delimited = self.chunked = True
-        if self._head_only or status in (204, 304):
-            self._delimited = True
-        if self.head is not None and not self.head.done():
-            self.head.set_result(None)
-        if self._head_only:
-            self.complete = True
-
-    def on_body(self, body: bytes) -> None:
-        if self._head_only:
-            return
-        self.chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._paused and self._socket is not None:
-            self._paused = True
-            self._socket.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        self.complete = True
-        self._wake()
-
-    # --- used by the transport and the body ------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _fail(self, error: httpx.TransportError) -> None:
-        if self.error is None:
-            self.error = error
-        if self.head is not None and not self.head.done():
-            self.head.set_exception(error)
-        self._wake()
-        self.close()
-
-    async def _wait(self, future: asyncio.Future[None], seconds: float | None) -> None:
-        if seconds is None:
-            await future
-            return
-        timer = self._loop.call_later(seconds, self._expire, future)
-        try:
-            await future
-        finally:
-            timer.cancel()
-
-    def _expire(self, future: asyncio.Future[None]) -> None:
-        if not future.done():
-            assert self._request is not None
-            self._fail(httpx.ReadTimeout("no data from the upstream within the read timeout",
-                                         request=self._request))  # fmt: skip
-
-    async def send(self, request: httpx.Request, data: bytes, read: float | None) -> None:
-        """Write ``data`` (the request's head and body) and wait for the answer's head."""
-        assert self._socket is not None
-        self._begin(request, head_only=request.method == "HEAD")
-        self.head = self._loop.create_future()
-        if self.lost or self._socket.is_closing():
-            raise httpx.RemoteProtocolError("Server disconnected", request=request)
-        self._socket.write(data)
-        await self._wait(self.head, read)
-
-    async def next_chunk(self, read: float | None) -> bytes | None:
-        """What has arrived of the body, waiting for it; ``None`` at its end."""
-        while True:
-            if self.chunks:
-                chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
-                self.chunks.clear()
-                self._buffered = 0
-                if self._paused and self._socket is not None:
-                    self._paused = False
-                    self._socket.resume_reading()
-                return chunk
-            if self.error is not None:
-                raise self.error
-            if self.complete:
-                return None
-            self._waiter = self._loop.create_future()
-            try:
-                await self._wait(self._waiter, read)
-            finally:
-                self._waiter = None
-
-    def reusable(self) -> bool:
-        # chunked: llama-server closes the connection after the last chunk (module docstring)
-        return (
-            self.complete and self.keep_alive and not self.chunked and not self.lost
-            and self.error is None
-        )  # fmt: skip
-
-    def close(self) -> None:
-        self.lost = True
-        if self._socket is not None and not self._socket.is_closing():
-            self._socket.close()
-        self._owner._forget(self)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""Methods whose request says its body's length even when it is empty."""
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(
-        self, connection: _Connection, transport: UpstreamTransport, timeout: float | None
-    ):
-        self._connection: _Connection | None = connection
+    def __init__(self, connection: Connection, transport: UpstreamTransport, timeout: float | None):
+        self._connection: Connection | None = connection
         self._transport = transport
         self._timeout = timeout
 
@@ -259,6 +69,48 @@ class _Body(httpx.AsyncByteStream):
             self._transport._release(connection)
 
 
+class RawHeaders:
+    """An answer's header pairs as the upstream sent them (``raw``), with the one lookup of
+    ``httpx.Headers`` that the pool makes (``get``)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    def get(self, name: str, default: str | None = None) -> str | None:
+        wanted = name.lower().encode()
+        for key, value in self.raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return default
+
+
+class Answer:
+    """An upstream's answer on the raw path (``UpstreamTransport.exchange``): the status, the
+    headers as sent and the body as a stream, with the members of ``httpx.Response`` that the
+    pool uses (``status_code``, ``headers.get`` and ``.raw``, ``stream``, ``aread``,
+    ``aclose``). ``chunked``: the body's length was not given."""
+
+    __slots__ = ("chunked", "headers", "status_code", "stream")
+
+    def __init__(self, connection: Connection, stream: httpx.AsyncByteStream) -> None:
+        self.status_code = connection.status
+        self.headers = RawHeaders(connection.headers)
+        self.stream = stream
+        self.chunked = connection.chunked
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self.stream])
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class UpstreamTransport(httpx.AsyncBaseTransport):
     """Kept-alive connections per upstream (the most recently used first), at most
     ``max_connections`` open in all; an idle one is closed after ``keepalive_expiry`` s."""
@@ -266,8 +118,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int, keepalive_expiry: float) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._open: set[_Connection] = set()
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._open: set[Connection] = set()
         self._connecting = 0  # connections being opened: they count against the limit too
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
         self._tls: ssl.SSLContext | None = None
@@ -279,27 +131,11 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             body = request.content
         except httpx.RequestNotRead:  # a streamed body: read here, so it can be sent again
             body = await request.aread()
-        data = _request_head(request) + body
         read = timeouts.get("read")
-        connection, reused = await self._acquire(request, timeouts)
-        try:
-            await connection.send(request, data, read)
-        except _BROKEN_BEFORE_ANSWER:
-            connection.close()
-            if not reused:
-                raise
-            # a kept-alive connection the server had closed (idle, or after an answer): the
-            # request was never handled; once more on a connection opened for it
-            self.resent += 1
-            connection = await self._connect(request, timeouts)
-            try:
-                await connection.send(request, data, read)
-            except BaseException:
-                connection.close()
-                raise
-        except BaseException:
-            connection.close()
-            raise
+        connection = await self._exchange(
+            _origin(request.url), _request_head(request) + body, timeouts,
+            head_only=request.method == "HEAD", request=request,
+        )  # fmt: skip
         return httpx.Response(
             connection.status,
             headers=connection.headers,
@@ -308,10 +144,64 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+    ) -> Answer:
+        """Send a request made of raw parts, ``headers`` as given (plus ``Host`` and the body's
+        length): the proxy's path, with none of httpx's request and response objects."""
+        origin, target, host = _target(url)
+        head = [b"%b %b HTTP/1.1\r\nhost: %b" % (method.encode(), target, host)]
+        head.extend(b"%b: %b" % pair for pair in headers)
+        if body or method in _BODY_METHODS:
+            head.append(b"content-length: %d" % len(body))
+        head.append(b"\r\n")
+        connection = await self._exchange(
+            origin, b"\r\n".join(head) + body, timeouts, head_only=method == "HEAD", request=None
+        )
+        return Answer(connection, _Body(connection, self, timeouts.get("read")))
+
+    async def _exchange(
+        self,
+        origin: Origin,
+        data: bytes,
+        timeouts: Mapping[str, float | None],
+        *,
+        head_only: bool,
+        request: httpx.Request | None,
+    ) -> Connection:
+        """Send ``data`` (a request's head and body) to ``origin``; the connection once the
+        answer's head has come."""
+        read = timeouts.get("read")
+        connection, reused = await self._acquire(origin, timeouts, request)
+        try:
+            await connection.send(data, read, head_only=head_only, request=request)
+        except _BROKEN_BEFORE_ANSWER:
+            connection.close()
+            if not reused:
+                raise
+            # a kept-alive connection the server had closed (idle, or after an answer): the
+            # request was never handled; once more on a connection opened for it
+            self.resent += 1
+            connection = await self._connect(origin, timeouts, request)
+            try:
+                await connection.send(data, read, head_only=head_only, request=request)
+            except BaseException:
+                connection.close()
+                raise
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
     async def _acquire(
-        self, request: httpx.Request, timeouts: dict[str, float | None]
-    ) -> tuple[_Connection, bool]:
-        idle = self._idle.get(_origin(request.url))
+        self, origin: Origin, timeouts: Mapping[str, float | None], request: httpx.Request | None
+    ) -> tuple[Connection, bool]:
+        idle = self._idle.get(origin)
         if idle:
             now = time.monotonic()
             while idle:
@@ -319,13 +209,12 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 if not connection.lost and now - connection.idle_since < self._keepalive_expiry:
                     return connection, True
                 connection.close()
-        return await self._connect(request, timeouts), False
+        return await self._connect(origin, timeouts, request), False
 
     async def _connect(
-        self, request: httpx.Request, timeouts: dict[str, float | None]
-    ) -> _Connection:
-        await self._make_room(request, timeouts.get("pool"))
-        origin = _origin(request.url)
+        self, origin: Origin, timeouts: Mapping[str, float | None], request: httpx.Request | None
+    ) -> Connection:
+        await self._make_room(timeouts.get("pool"), request)
         scheme, host, port = origin
         tls: ssl.SSLContext | None = None
         if scheme == "https":
@@ -337,7 +226,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(timeouts.get("connect")):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self, origin), host, port, ssl=tls
+                    lambda: Connection(self._forget, origin), host, port, ssl=tls
                 )
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(
@@ -351,7 +240,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._open.add(connection)
         return connection
 
-    async def _make_room(self, request: httpx.Request, wait: float | None) -> None:
+    async def _make_room(self, wait: float | None, request: httpx.Request | None) -> None:
         while len(self._open) + self._connecting >= self._max_connections:
             if self._close_oldest_idle():
                 continue
@@ -369,7 +258,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                     self._room.remove(waiter)
 
     def _close_oldest_idle(self) -> bool:
-        oldest: _Connection | None = None
+        oldest: Connection | None = None
         for idle in self._idle.values():
             if idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
                 oldest = idle[0]
@@ -378,15 +267,15 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         oldest.close()
         return True
 
-    def _release(self, connection: _Connection) -> None:
+    def _release(self, connection: Connection) -> None:
         if connection.reusable():
-            connection._begin(None, head_only=False)
+            connection._begin(False, None, head_only=False)
             connection.idle_since = time.monotonic()
             self._idle.setdefault(connection.origin, []).append(connection)
         else:
             connection.close()
 
-    def _forget(self, connection: _Connection) -> None:
+    def _forget(self, connection: Connection) -> None:
         """``connection`` is closed: out of the idle lists and the count."""
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:
@@ -408,9 +297,18 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int]:
+def _origin(url: httpx.URL) -> Origin:
     scheme = url.scheme
     return scheme, url.host, url.port or (443 if scheme == "https" else 80)
+
+
+@functools.lru_cache(maxsize=1024)
+def _target(url: str) -> tuple[Origin, bytes, bytes]:
+    """``url``'s origin, its path and query as sent, and its ``Host`` header, parsed once: a
+    pool sends to a few upstreams' few paths."""
+    parsed = httpx.URL(url)
+    host = parsed.netloc  # host[:port] as written, IPv6 in brackets
+    return _origin(parsed), parsed.raw_path, host
 
 
 def _request_head(request: httpx.Request) -> bytes:
