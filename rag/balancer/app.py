@@ -20,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.types import ASGIApp
 
+from rag.balancer.busypoll import BusyPoll
 from rag.balancer.guard import Guard, GuardMiddleware, check_upstream_url
 from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
@@ -33,6 +34,7 @@ from rag.web.requestid import RequestIdMiddleware
 
 def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
     metrics = PoolMetrics()
+    busy = BusyPoll(settings.busy_poll) if settings.busy_poll > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,9 +49,13 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
             # what start-up made lives as long as the process: out of the collector's sight,
             # so its collections scan only request garbage (~10% less CPU per request)
             gc.freeze()
+            if busy is not None:
+                busy.start()
             try:
                 yield
             finally:
+                if busy is not None:
+                    await busy.stop()
                 for task in app.state.drains:
                     task.cancel()
                 await pool.stop()
@@ -90,6 +96,7 @@ def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
         affinity=settings.pool.affinity,
         block=settings.pool.affinity_block_chars,
         upstream_key=upstream_key.get_secret_value() if upstream_key else None,
+        busy=busy,
     )
 
 

@@ -29,6 +29,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag.balancer.busypoll import BusyPoll
 from rag.balancer.guard import TENANT, Guard
 from rag.core.errors import RagError
 from rag.core.pool import Pool, UpstreamRejected
@@ -139,8 +140,10 @@ class ProxyApp:
         affinity: bool,
         block: int,
         upstream_key: str | None = None,
+        busy: BusyPoll | None = None,
     ) -> None:
         self.app = app
+        self.busy = busy  # told when each proxied request begins and ends
         self.pool_of = pool_of
         self.guard = guard
         self.max_body_bytes = max_body_bytes
@@ -157,6 +160,9 @@ class ProxyApp:
                 send = _with_headers(send, cors_origin(scope))
             await self.app(scope, receive, send)
             return
+        busy = self.busy
+        if busy is not None:
+            busy.touch()
         request_id = request_id_of(scope)
         token = set_request_id(request_id)
         reply = _Reply(scope, send, request_id)
@@ -168,6 +174,8 @@ class ProxyApp:
                 await reply.error(RagError("internal error"), receive)
         finally:
             reset_request_id(token)
+            if busy is not None:
+                busy.touch()
 
     async def _serve(self, scope: Scope, receive: Receive, reply: _Reply) -> None:
         refusal = self.guard.refusal(scope)

@@ -79,6 +79,15 @@ class BalancerSettings(BaseSettings):
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body in bytes: 413."
     )
+    busy_poll: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="Seconds the event loop keeps polling without sleeping after each proxied "
+        "request begins or ends (HAProxy's busy-polling): on a VM or a CPU with deep idle "
+        "states a sleeping loop wakes late and cold (0.3 ms of added latency on the H200 host, "
+        "docs/pool.md). Costs up to a core while requests come; 0: off.",
+    )
     metrics: bool = Field(
         True,
         description="Serve /metrics; false: it answers 501, as llama-server without --metrics.",
