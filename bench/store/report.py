@@ -118,8 +118,19 @@ def _row(size: str, run: dict[str, Any]) -> str:
         f"{run['sparse']['p50_ms']} / {run['sparse']['p99_ms']} | "
         f"{run['hybrid']['p50_ms']} / {run['hybrid']['p99_ms']} | {run['recall_at_10']} | "
         f"{run['delete_document']['p50_ms']} / {run['delete_document']['max_ms']} | "
-        f"{run['reopen_seconds']} | {stall} / {p99} | {machine} | "
+        f"{_reopen(run)} | {stall} / {p99} | {machine} | "
         f"{run['memory']['rss_mb']:,.0f} |"
+    )
+
+
+def _reopen(run: dict[str, Any]) -> str:
+    """Seconds to the first answer, and its parts where measured (ready + load + search)."""
+    parts = run.get("reopen_parts")
+    if not parts:
+        return str(run["reopen_seconds"])
+    return (
+        f"{run['reopen_seconds']} ({parts['ready_s']} + {parts['load_s']} + "
+        f"{parts['first_search_s']})"
     )
 
 
@@ -131,8 +142,11 @@ def _stalls_md(result: dict[str, Any]) -> str:
     lines = [
         "Event-loop stalls per phase, ms: the service process's longest / the reference "
         "process's longest in the same window / the service's longest less the time its loop "
-        "thread waited on the OS's run queue meanwhile (how many of those passed 50 ms); idle = "
-        "nothing but the two tickers, before the store starts:\n",
+        "thread waited on the OS's run queue meanwhile (how many of those passed 50 ms), and "
+        "where some task of the machine stalled on memory meanwhile, for how long (Linux's "
+        "pressure stall information); idle = nothing but the two tickers, before the store "
+        "starts. Reopen s: to the first answer (store ready + collection loaded + first "
+        "search):\n",
         "| points | idle | " + " | ".join(PHASES) + " |",
         "| --- | --- |" + " --- |" * len(PHASES),
     ]
@@ -144,9 +158,10 @@ def _stalls_md(result: dict[str, Any]) -> str:
             if stall is None:
                 cells.append("")
             elif "own_max_ms" in stall:
+                memory = stall.get("memory_stall_ms")
                 cells.append(
                     f"{stall['max_ms']} / {stall['machine_max_ms']} / {stall['own_max_ms']}"
-                    f" ({stall['own_over_50']})"
+                    f" ({stall['own_over_50']})" + (f", memory {memory}" if memory else "")
                 )
             else:
                 cells.append(f"{stall['max_ms']} / {stall.get('machine_max_ms', '')} / -")

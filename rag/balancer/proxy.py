@@ -8,10 +8,10 @@ embeddings, reranking: ``rag.core.pool.pool.SLOT_PATHS``) are balanced by free s
 preflights, model names with slashes, ...) go to a healthy upstream. The path goes on as the
 client sent it (``raw_path``: an encoded ``%2F`` stays encoded). For a proxied request it reads
 the body, derives the prefix-affinity keys and the token budget (for
-the pool's early handoff), opens the answer through ``Pool.stream`` (which fails over before the
+the pool's early handoff), opens the answer through ``Pool.forward`` (which fails over before the
 first byte) and passes it on byte for byte. A request still running after ``WATCH_AFTER``
 seconds gets a watcher task that listens for the client's disconnect and cancels the request at
-once, whether it is waiting for a slot, waiting for the upstream or streaming: ``Pool.stream``
+once, whether it is waiting for a slot, waiting for the upstream or streaming: ``Pool.forward``
 then closes the upstream response, which makes llama-server stop and free the slot. (Most
 answers, a short completion or a tokenize, end sooner: a task for each of them cost more of the
 balancer's added latency than the rest of this module.)

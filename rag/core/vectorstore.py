@@ -20,8 +20,6 @@ from qdrant_client import models
 
 from rag.core.settings import Settings
 from rag.core.store.base import (
-    DENSE,
-    SPARSE,
     Backend,
     ChunkPoint,
     Hit,
@@ -33,6 +31,7 @@ from rag.core.store.base import (
     qdrant_name,
 )
 from rag.core.store.edge import EdgeBackend
+from rag.core.store.layout import DENSE, SPARSE
 from rag.core.store.migrate import has_local_data
 from rag.core.store.qdrant import QdrantBackend
 

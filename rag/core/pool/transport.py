@@ -1,8 +1,9 @@
 """The pools' upstream HTTP/1.1 client: asyncio protocols and llhttp under httpx's API.
 
 Callers keep the one httpx API (``httpx.AsyncClient``, ``httpx.Response``, httpx's exceptions
-and timeouts); underneath, each upstream connection is an :class:`asyncio.Protocol` whose answers
-llhttp parses (``httptools``, the C parser uvicorn serves with: a dependency already, through
+and timeouts); a proxy may skip httpx's request and response objects (``exchange``: raw header
+pairs out, an ``Answer`` back), with the same exceptions. Underneath, each upstream connection is
+an :class:`asyncio.Protocol` (``connection.py``) whose answers llhttp parses (``httptools``, the C parser uvicorn serves with: a dependency already, through
 ``uvicorn[standard]``). A request is one write of its head and body; the answer's head resolves
 a future and its body goes, as it arrives, to a buffer that the reader drains. aiohttp did this
 before (and httpcore before it): its request path (URL and header objects, request and response

@@ -1,5 +1,7 @@
 """Vector store backends behind ``rag.core.vectorstore.VectorStore``.
 
+- ``layout``: the stored layout's names and constants (no qdrant-client: the store process
+  imports only these);
 - ``base``: what every backend stores and returns (points, hits, ids, the backend interface);
 - ``qdrant``: Qdrant through ``AsyncQdrantClient``, against a server or in local mode;
 - ``edge``: Qdrant Edge (``qdrant-edge-py``), the embedded default, run in a store process

@@ -16,13 +16,7 @@ from typing import Any, Literal
 
 from qdrant_client import models
 
-DENSE = "dense"
-SPARSE = "sparse"
 POINT_NAMESPACE = uuid.UUID("6f1c1c3e-8d5e-4c1e-9a57-2b9f0d7e4a10")
-KEYWORD_FIELDS = ("document_id", "filename")
-INTEGER_FIELDS = ("page", "chunk_index")
-RRF_K = 2  # qdrant-client's and Qdrant's default ranking constant
-PREFETCH_FACTOR = 4  # hybrid: each candidate list holds top_k x 4
 Retrieval = Literal["dense", "sparse", "hybrid"]
 Backend = Literal["edge", "local", "server"]
 

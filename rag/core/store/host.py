@@ -35,7 +35,6 @@ import qdrant_edge as qe
 
 from rag.core.store import shards
 from rag.core.store.filters import UnsupportedFilter
-from rag.core.store.migrate import migrate_local
 
 log = logging.getLogger("rag.store")
 MAX_POLL = 86_400.0  # the longest wait poll() takes
@@ -196,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     conn = Connection(args.fd)
     try:
         if args.migrate_from is not None and not args.root.exists():
+            from rag.core.store.migrate import migrate_local  # qdrant-client: only to migrate
+
             moved = migrate_local(args.migrate_from, args.root, dimensions=args.dimensions)
             log.info("migrated %s points from %s to %s", moved, args.migrate_from, args.root)
         args.root.mkdir(parents=True, exist_ok=True)

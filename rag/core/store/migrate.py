@@ -21,7 +21,7 @@ from qdrant_client import QdrantClient, models
 
 from rag.core.files import fsync_dir
 from rag.core.store import shards
-from rag.core.store.base import DENSE
+from rag.core.store.layout import DENSE
 
 BATCH = 512
 MARKER = "MIGRATED.json"

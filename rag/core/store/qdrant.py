@@ -20,11 +20,6 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from rag.core.errors import NotFound, StoreUnavailable
 from rag.core.sparse import document_vector, query_vector
 from rag.core.store.base import (
-    DENSE,
-    INTEGER_FIELDS,
-    KEYWORD_FIELDS,
-    PREFETCH_FACTOR,
-    SPARSE,
     Backend,
     ChunkPoint,
     Hit,
@@ -34,6 +29,7 @@ from rag.core.store.base import (
     point_id,
     qdrant_name,
 )
+from rag.core.store.layout import DENSE, INTEGER_FIELDS, KEYWORD_FIELDS, PREFETCH_FACTOR, SPARSE
 
 T = TypeVar("T")
 

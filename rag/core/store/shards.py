@@ -20,7 +20,8 @@ import numpy as np
 import qdrant_edge as qe
 
 from rag.core.sparse import document_vector, query_vector
-from rag.core.store.base import (
+from rag.core.store.filters import to_edge
+from rag.core.store.layout import (
     DENSE,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
@@ -28,7 +29,6 @@ from rag.core.store.base import (
     RRF_K,
     SPARSE,
 )
-from rag.core.store.filters import to_edge
 
 FilterDict = dict[str, Any] | None
 # a scrolled page: point ids, payloads, dense vectors (one row a point) or None, the next offset
