@@ -3,13 +3,13 @@
 Callers keep the one httpx API (``httpx.AsyncClient``, ``httpx.Response``, httpx's exceptions
 and timeouts); a proxy may skip httpx's request and response objects (``exchange``: raw header
 pairs out, an ``Answer`` back), with the same exceptions. Underneath, each upstream connection is
-an :class:`asyncio.Protocol` (``connection.py``) whose answers llhttp parses (``httptools``, the C parser uvicorn serves with: a dependency already, through
-``uvicorn[standard]``). A request is one write of its head and body; the answer's head resolves
-a future and its body goes, as it arrives, to a buffer that the reader drains. aiohttp did this
-before (and httpcore before it): its request path (URL and header objects, request and response
-classes, timers, trace hooks) cost more per proxied request than the rest of the balancer's
-(``bench/pool/latency.py``), and a pool of llama-servers needs none of it. ``TCP_NODELAY`` is set
-on every socket.
+an :class:`asyncio.Protocol` (``connection.py``) whose answers llhttp parses (``httptools``, the
+C parser uvicorn serves with: a dependency already, through ``uvicorn[standard]``). A request is
+one write of its head and body; the answer's head resolves a future and its body goes, as it
+arrives, to a buffer that the reader drains. aiohttp did this before (and httpcore before it):
+its request path (URL and header objects, request and response classes, timers, trace hooks)
+cost more per proxied request than the rest of the balancer's (``bench/pool/latency.py``), and a
+pool of llama-servers needs none of it. ``TCP_NODELAY`` is set on every socket.
 
 Failures are httpx's exceptions, which the pool acts on: a refused or unreachable upstream is a
 ``ConnectError`` (fail over and quarantine); a connection closed without an answer a
