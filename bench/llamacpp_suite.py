@@ -4,7 +4,7 @@ test that passes direct and fails through the balancer ("lost").
 
     python -m bench.llamacpp_suite [--python SUITE_VENV/bin/python] [--sdist PATH]
         [--llama-server PATH] [--model GGUF] [--embedding-model GGUF] [--timeout S]
-        [-k EXPR] [unit/test_x.py ...]
+        [-k EXPR] [-n WORKERS] [unit/test_x.py ...]
 
 How it works. The suite starts its own servers through ``LLAMA_SERVER_BIN_PATH``; this script
 points that at a wrapper (written into a work directory) that, in ``balancer`` mode, starts the
@@ -40,7 +40,7 @@ from bench.pool.common import OUT_DIR, workdir
 
 WRAPPER = '''#!{python}
 """llama-server as the llama.cpp suite starts it, with local models; {mode}."""
-import json, os, signal, socket, subprocess, sys
+import json, os, signal, socket, subprocess, sys, time
 sys.path.insert(0, {root!r})
 from rag.core.processes import die_with_parent
 
@@ -88,9 +88,9 @@ balancer = subprocess.Popen(
     preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
 
 
-def stop(*_):  # as quick as llama-server: the suite starts the next server on the same port
-    # os.waitpid, not Popen.wait: a signal arrives while the main thread is in balancer.wait(),
-    # which holds the Popen's lock; waiting on it again here would hang until the suite's
+def stop(*_, code=0):  # as quick as llama-server: the suite starts the next server on its port
+    # os.waitpid, not Popen.wait: a signal may arrive while the main thread is in a Popen call,
+    # which holds that Popen's lock; waiting on it again here would hang until the suite's
     # SIGKILL 5 s later (it did: 15 s per test through the balancer instead of ~1)
     for child in (balancer, server):
         try:
@@ -102,13 +102,17 @@ def stop(*_):  # as quick as llama-server: the suite starts the next server on t
             os.waitpid(child.pid, 0)
         except ChildProcessError:
             pass
-    os._exit(0)
+    os._exit(code)
 
 
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
-balancer.wait()
-stop()
+# when llama-server exits (bad arguments, a test that expects it to fail), so does this, with its
+# code, as llama-server alone would: the suite sees the process die instead of waiting for a
+# balancer without an upstream to become healthy (each such test hung for its whole timeout)
+while server.poll() is None and balancer.poll() is None:
+    time.sleep(0.02)
+stop(code=server.returncode if server.returncode is not None else balancer.returncode or 0)
 '''
 
 
@@ -172,6 +176,10 @@ def main() -> None:
     parser.add_argument("--embedding-model", type=Path, help="default: all-MiniLM-L6-v2")
     parser.add_argument("--timeout", type=int, default=120, help="per test (pytest-timeout)")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression")
+    parser.add_argument(
+        "-n", dest="workers", type=int, default=0,
+        help="pytest-xdist workers (the suite gives each its own port: 8080 + 10 x worker)",
+    )  # fmt: skip
     parser.add_argument("selection", nargs="*", help="test files or ids (default: all of unit/)")
     args = parser.parse_args()
     if args.llama_server is None or args.model is None or args.embedding_model is None:
@@ -188,6 +196,8 @@ def main() -> None:
     selection = list(args.selection) or ["unit"]
     if args.keyword:
         selection += ["-k", args.keyword]
+    if args.workers:
+        selection += ["-n", str(args.workers)]
     root = Path(__file__).resolve().parents[1]
     with workdir("llamacpp-suite-") as work:
         tests = _tests_dir(args.sdist, work)

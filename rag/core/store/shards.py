@@ -41,6 +41,13 @@ SEGMENTS = 8
 MAX_SEGMENT_KB = 400_000  # about 250k points of 384 dimensions
 SEARCH_EF_MIN = HNSW_EF_CONSTRUCT
 SEARCH_EF_FROM = 100_000  # points: below this the engine's default breadth is enough
+INDEX_MEMORY = qe.Memory.Cached
+"""Where the payload indexes and the sparse index live: memory-mapped files read into the page
+cache, not structures rebuilt in the process's memory at every load (the engine's default,
+``Pinned``). Loading a 60k-point shard took 0.14-0.18 s instead of 0.25-0.35 s (most of it was
+the keyword index's hash map and the integer index's B-tree being rebuilt), searches as fast.
+Shards made before load as they are (their indexes stay in memory); segments the optimizer
+rebuilds in them may take the new placement."""
 
 
 def indexing_threads() -> int:
@@ -59,7 +66,9 @@ def indexing_threads() -> int:
 def config(dimensions: int) -> qe.EdgeConfig:
     return qe.EdgeConfig(
         vectors={DENSE: qe.EdgeVectorParams(size=dimensions, distance=qe.Distance.Cosine)},
-        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        sparse_vectors={
+            SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf, memory=INDEX_MEMORY)
+        },
         hnsw_config=qe.HnswIndexConfig(
             m=HNSW_M,
             ef_construct=HNSW_EF_CONSTRUCT,
@@ -103,10 +112,12 @@ def open_shard(path: Path, dimensions: int) -> qe.EdgeShard:
     path.mkdir(parents=True, exist_ok=True)
     shard = qe.EdgeShard.create(str(path), config(dimensions))
     for field in KEYWORD_FIELDS:
-        schema: Any = qe.KeywordIndexParams(enable_hnsw=False)
+        schema: Any = qe.KeywordIndexParams(enable_hnsw=False, memory=INDEX_MEMORY)
         shard.update(qe.UpdateOperation.create_field_index(field, schema))
     for field in INTEGER_FIELDS:
-        schema = qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
+        schema = qe.IntegerIndexParams(
+            lookup=True, range=True, enable_hnsw=False, memory=INDEX_MEMORY
+        )
         shard.update(qe.UpdateOperation.create_field_index(field, schema))
     return shard
 
