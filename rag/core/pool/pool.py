@@ -424,10 +424,8 @@ class Pool:
         budget: int | None,
         tenant: str | None,
     ) -> Opening[R]:
-        def open() -> Awaitable[tuple[Lease, R]]:
-            return self._open(
-                path, send, json=json, prefix_key=prefix_key, budget=budget, read_body=False,
-                tenant=tenant,
-            )  # fmt: skip
-
-        return Opening(open, self._failed, self.scheduler.release)
+        opening = functools.partial(
+            self._open, path, send, json=json, prefix_key=prefix_key, budget=budget,
+            read_body=False, tenant=tenant,
+        )  # fmt: skip
+        return Opening(opening, self._failed, self.scheduler.release)
