@@ -48,19 +48,24 @@ class Ticker:
     """An asyncio task that wakes every ``interval`` s and records how late each wake-up was.
 
     On a loaded machine the lateness also holds the time the OS did not run this process at all.
-    Two ways to tell that apart: a reference process beside it does nothing but the same ticking
-    (``REFERENCE``), and each phase reports the longest stall of both in the same window
-    (``machine_max_ms``); and the loop's thread reads its own run-queue wait (the second field of
-    ``/proc/thread-self/schedstat``: time it was ready to run but not running) at each wake-up,
-    so each stall splits into the OS's part and the rest (``own_max_ms``: the longest stall less
-    the thread's run-queue wait in it, i.e. what ran on the loop, or held the GIL or a lock it
-    waited for; ``own_over_50``: how many passed 50 ms). The rest is the service's to answer for.
+    Three ways to tell that apart: a reference process beside it does nothing but the same
+    ticking (``REFERENCE``), and each phase reports the longest stall of both in the same window
+    (``machine_max_ms``); the loop's thread reads its own scheduler figures at each wake-up
+    (``/proc/thread-self/schedstat``: time on a CPU, time ready to run but waiting on a run
+    queue), so each stall splits into the OS's part and the rest (``own_max_ms``: the longest
+    stall less the thread's run-queue wait in it, i.e. what ran on the loop, or held the GIL or a
+    lock it waited for; ``own_over_50``: how many passed 50 ms); and on a virtual machine, the
+    time the hypervisor ran something else on the machine's CPUs (``steal`` in ``/proc/stat``,
+    counted in 10 ms ticks) is read with it. ``worst`` is the longest stall so split: on a CPU
+    (the loop's own work), queued, stolen from the machine meanwhile, and the rest (blocked: the
+    GIL, a lock, a page to read). The rest is the service's to answer for.
     """
 
     def __init__(self, folder: Path, interval: float = 0.005) -> None:
         self.interval = interval
-        # (wall time of the wake-up, seconds late, seconds of it spent waiting on a run queue)
-        self.late: list[tuple[float, float, float]] = []
+        # (wall time of the wake-up, seconds late, of it: on a CPU, on a run queue, and the
+        # machine's steal meanwhile)
+        self.late: list[tuple[float, float, float, float, float]] = []
         self._task: asyncio.Task[None] | None = None
         self._log = folder / "reference-ticker.log"
         self._reference: subprocess.Popen[bytes] | None = None
@@ -68,21 +73,31 @@ class Ticker:
         self.gc_worst = 0.0
         self._gc_started = 0.0
         self._schedstat = -1
+        self._stat = -1
         self._faults = _major_faults()
         self._pressure = _memory_pressure()
+        self._steal = 0.0
 
-    def _waited(self) -> float:
-        """Seconds this thread has waited on a run queue so far (0 where Linux does not say)."""
-        if self._schedstat < 0:
-            return 0.0
-        return int(os.pread(self._schedstat, 128, 0).split()[1]) / 1e9
+    def _sched(self) -> tuple[float, float, float]:
+        """Seconds this thread has run and waited on a run queue so far, and the machine's
+        steal (zeros where Linux does not say)."""
+        ran = waited = steal = 0.0
+        if self._schedstat >= 0:
+            fields = os.pread(self._schedstat, 128, 0).split()
+            ran, waited = int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        if self._stat >= 0:  # the first line: cpu user nice system idle iowait irq softirq steal
+            steal = int(os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()[8]) / 100
+        return ran, waited, steal
 
     async def _run(self) -> None:
         while True:
-            before, waited = time.perf_counter(), self._waited()
+            before, (ran, waited, steal) = time.perf_counter(), self._sched()
             await asyncio.sleep(self.interval)
             late = time.perf_counter() - before - self.interval
-            self.late.append((time.time(), late, self._waited() - waited))
+            ran_after, waited_after, steal_after = self._sched()
+            self.late.append(
+                (time.time(), late, ran_after - ran, waited_after - waited, steal_after - steal)
+            )
 
     def _gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -96,6 +111,9 @@ class Ticker:
         self._log.touch()
         with contextlib.suppress(OSError):  # the loop's own thread: start() runs on it
             self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        with contextlib.suppress(OSError):
+            self._stat = os.open("/proc/stat", os.O_RDONLY)
+        self._steal = self._sched()[2]
         self._reference = subprocess.Popen([sys.executable, "-c", REFERENCE, str(self._log)])
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -107,14 +125,16 @@ class Ticker:
                 worst = max(worst, late)
         return round(worst * 1000, 1)
 
-    async def take(self) -> dict[str, float]:
+    async def take(self) -> dict[str, Any]:
         """The longest and the 99th-percentile stall (ms) since the last take, the reference
         process's longest in the same window, and the loop's longest less its run-queue wait."""
         await asyncio.sleep(self.interval * 2)  # let a stall at the very end be seen
         samples, self.late = self.late, []
-        late = sorted(x for _, x, _ in samples) or [0.0]
+        late = sorted(x for _, x, _, _, _ in samples) or [0.0]
         p99 = late[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
-        own = [max(0.0, x - waited) for _, x, waited in samples]
+        own = [max(0.0, x - waited) for _, x, _, waited, _ in samples]
+        _, worst, ran, waited, stolen = max(samples, key=lambda s: s[1], default=(0.0,) * 5)
+        steal, self._steal = self._steal, self._sched()[2]
         since, self._since = self._since, time.time()
         gc_worst, self.gc_worst = self.gc_worst, 0.0
         faults, self._faults = self._faults, _major_faults()
@@ -133,6 +153,15 @@ class Ticker:
             # (Linux's pressure stall information), and pages reclaimed by allocating tasks
             "memory_stall_ms": round((self._pressure[0] - pressure[0]) / 1000, 1),
             "direct_reclaim_pages": self._pressure[1] - pressure[1],
+            # the longest stall, split (ms): on a CPU, queued, the machine's steal meanwhile
+            # (all CPUs, 10 ms ticks), and the rest
+            "worst": {
+                "ran_ms": round(ran * 1000, 1),
+                "queued_ms": round(waited * 1000, 1),
+                "steal_ms": round(stolen * 1000, 1),
+                "rest_ms": round(max(0.0, worst - ran - waited) * 1000, 1),
+            },
+            "steal_ms": round((self._steal - steal) * 1000, 1),  # the machine's, in the phase
         }
 
     async def stop(self) -> None:
@@ -140,9 +169,10 @@ class Ticker:
             gc.callbacks.remove(self._gc)
         if self._task is not None:
             self._task.cancel()
-        if self._schedstat >= 0:
-            os.close(self._schedstat)
-            self._schedstat = -1
+        for fd in (self._schedstat, self._stat):
+            if fd >= 0:
+                os.close(fd)
+        self._schedstat = self._stat = -1
         if self._reference is not None:
             self._reference.kill()
             self._reference.wait()
@@ -312,9 +342,10 @@ async def measure(
             if kind == "dense":
                 dense_answers = answers
             log(f"  {backend} {kind}: {result[kind]}")
-        result["stall_search"] = {
-            key: max(stall[key] for stall in stalls) for key in stalls[0]
-        }  # the worst of the four kinds
+        result["stall_search"] = {  # the worst of the four kinds
+            key: max(stall[key] for stall in stalls) for key in stalls[0] if key != "worst"
+        }
+        result["stall_search"]["worst"] = max(stalls, key=lambda s: s["max_ms"])["worst"]
 
         ids = await asyncio.to_thread(_ids, corpus)
         exact = await asyncio.to_thread(exact_top, corpus, queries)

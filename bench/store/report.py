@@ -144,9 +144,11 @@ def _stalls_md(result: dict[str, Any]) -> str:
         "process's longest in the same window / the service's longest less the time its loop "
         "thread waited on the OS's run queue meanwhile (how many of those passed 50 ms), and "
         "where some task of the machine stalled on memory meanwhile, for how long (Linux's "
-        "pressure stall information); idle = nothing but the two tickers, before the store "
-        "starts. Reopen s: to the first answer (store ready + collection loaded + first "
-        "search):\n",
+        "pressure stall information); where the run split it, the longest stall as the loop "
+        "thread's time on a CPU + on a run queue + the rest (blocked), and the hypervisor's "
+        "steal from the machine's CPUs meanwhile (``/proc/stat``, 10 ms ticks, all CPUs); idle "
+        "= nothing but the two tickers, before the store starts. Reopen s: to the first answer "
+        "(store ready + collection loaded + first search):\n",
         "| points | idle | " + " | ".join(PHASES) + " |",
         "| --- | --- |" + " --- |" * len(PHASES),
     ]
@@ -159,9 +161,16 @@ def _stalls_md(result: dict[str, Any]) -> str:
                 cells.append("")
             elif "own_max_ms" in stall:
                 memory = stall.get("memory_stall_ms")
+                worst = stall.get("worst")
+                split = (
+                    f"; {worst['ran_ms']} cpu + {worst['queued_ms']} queued + "
+                    f"{worst['rest_ms']} blocked, steal {worst['steal_ms']}"
+                    if worst and stall["max_ms"] >= 10
+                    else ""
+                )
                 cells.append(
                     f"{stall['max_ms']} / {stall['machine_max_ms']} / {stall['own_max_ms']}"
-                    f" ({stall['own_over_50']})" + (f", memory {memory}" if memory else "")
+                    f" ({stall['own_over_50']})" + (f", memory {memory}" if memory else "") + split
                 )
             else:
                 cells.append(f"{stall['max_ms']} / {stall.get('machine_max_ms', '')} / -")

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.types import ASGIApp
 
-from rag.balancer.busypoll import BusyPoll
+from rag.balancer.busypoll import BusyPoll, window_for
 from rag.balancer.guard import Guard, GuardMiddleware, check_upstream_url
 from rag.balancer.proxy import ProxyApp, document_proxied_paths
 from rag.balancer.routes import router
@@ -34,7 +34,8 @@ from rag.web.requestid import RequestIdMiddleware
 
 def create_balancer_app(settings: BalancerSettings) -> ASGIApp:
     metrics = PoolMetrics()
-    busy = BusyPoll(settings.busy_poll) if settings.busy_poll > 0 else None
+    window = window_for(settings.busy_poll)
+    busy = BusyPoll(window) if window > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

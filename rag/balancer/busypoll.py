@@ -9,13 +9,39 @@ HAProxy's ``busy-polling`` option does the same.
 ``BusyPoll`` keeps the loop turning (a task that yields at every turn, so that ``epoll_wait``
 gets a zero timeout) from each proxied request until ``window`` seconds after the last request
 began or ended; then the loop sleeps again. An idle balancer costs nothing; one under traffic
-keeps a core busy (``RAG_BALANCER_BUSY_POLL``, off by default: a deployment's choice).
+keeps a core busy. ``RAG_BALANCER_BUSY_POLL=auto`` (the default, ``window_for``) turns it on where
+that pays: a host with an NVIDIA GPU, whose upstreams answer a short request in a few ms (the
+wake-up is then a tenth of it) and which has cores to spare; on a CPU-only host the core it would
+take is llama-server's, so it stays off there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+from collections.abc import Callable
+
+from rag.core.runtime.gpu import list_gpus
+
+AUTO_BUSY_POLL = 0.05  # seconds: covers the gap between a client's answer and its next request
+AUTO_BUSY_POLL_CPUS = 4
+
+
+def window_for(
+    setting: float | str,
+    gpus: Callable[[], int] | None = None,
+    cpus: int | None = None,
+) -> float:
+    """The busy-polling window ``setting`` asks for (0: off). ``auto``: ``AUTO_BUSY_POLL`` where
+    ``gpus()`` (default: the NVIDIA GPUs ``nvidia-smi`` lists) finds one and the host has at
+    least ``AUTO_BUSY_POLL_CPUS`` CPUs, else 0."""
+    if setting != "auto":
+        return float(setting)
+    if (cpus if cpus is not None else os.cpu_count() or 1) < AUTO_BUSY_POLL_CPUS:
+        return 0.0  # no probe: nvidia-smi is not run on a small machine
+    found = gpus() if gpus is not None else len(list_gpus())
+    return AUTO_BUSY_POLL if found > 0 else 0.0
 
 
 class BusyPoll:

@@ -5,6 +5,7 @@ names with slashes); ``/metrics`` has the pool's families and the upstreams', by
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -123,5 +124,48 @@ async def test_upstreams_with_an_api_key(
             keyed = {"Authorization": "Bearer client-key"}
             answered = await http.post(f"{url}/completion", json=body, headers=keyed, timeout=60)
             assert answered.status_code == 200
+    finally:
+        await supervisor.stop()
+
+
+def _llamacpp_lines(text: str) -> list[str]:
+    """The upstreams' llama.cpp families of a balancer's /metrics (samples, HELP and TYPE)."""
+    return [line for line in text.splitlines() if "llamacpp:" in line]
+
+
+async def test_a_sleeping_upstream_stays_asleep_and_its_metrics_as_they_were(
+    base_settings: Settings, binaries: Binaries, pool_http: PoolClient
+) -> None:
+    """llama-server's ``--sleep-idle-seconds``: read-only requests through the balancer (its
+    polls, /props, /metrics) do not wake it, and its families on the balancer's /metrics stay
+    byte for byte what they were before it slept (llama.cpp's
+    ``test_sleep::test_server_sleep_read_only_endpoints`` compares the whole scrape, which the
+    pool's own counters of those requests move: docs/pool.md)."""
+    args = (*server_args(binaries.generation_model), "--metrics", "--sleep-idle-seconds", "1")
+    spec = ChildSpec("pool-sleepy", "generation", args, free_port())
+    supervisor = await start_children(
+        binaries.llama_server, [spec], logs_dir=base_settings.logs_dir, http=pool_http
+    )
+    try:
+        settings = balancer_settings(upstreams=[spec.url], poll_interval=0.2)
+        async with serving(create_balancer_app(settings)) as url, httpx.AsyncClient() as http:
+            assert await wait_for(lambda: answers_health(http, url), within=30)
+
+            async def sleeping() -> bool:
+                props = await http.get(f"{url}/props", timeout=10)
+                return bool(props.json()["is_sleeping"])
+
+            body = {"prompt": "Hello", "n_predict": 4}
+            answered = await http.post(f"{url}/completion", json=body, timeout=60)
+            assert answered.status_code == 200
+            await http.get(f"{url}/metrics")  # the first scrape resets the throughput buckets
+            awake = (await http.get(f"{url}/metrics")).text
+            assert "llamacpp:tokens_predicted_total" in awake
+            assert await wait_for(sleeping, within=15)
+            asleep = (await http.get(f"{url}/metrics")).text
+            assert _llamacpp_lines(asleep) == _llamacpp_lines(awake)
+            assert asleep != awake  # the pool's own counters did count the requests between
+            await asyncio.sleep(1.0)  # a few of the balancer's polls
+            assert await sleeping()
     finally:
         await supervisor.stop()
