@@ -4,7 +4,7 @@ test that passes direct and fails through the balancer ("lost").
 
     python -m bench.llamacpp_suite [--python SUITE_VENV/bin/python] [--sdist PATH]
         [--llama-server PATH] [--model GGUF] [--embedding-model GGUF] [--timeout S]
-        [-k EXPR] [-n WORKERS] [unit/test_x.py ...]
+        [-k EXPR] [-m MARKERS] [-n WORKERS] [--out NAME] [unit/test_x.py ...]
 
 How it works. The suite starts its own servers through ``LLAMA_SERVER_BIN_PATH``; this script
 points that at a wrapper (written into a work directory) that, in ``balancer`` mode, starts the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -177,6 +178,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=120, help="per test (pytest-timeout)")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression")
     parser.add_argument(
+        "-m", dest="markers",
+        help='pytest -m expression (llama.cpp\'s tests.sh runs "not slow" unless SLOW_TESTS=1)',
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", default="llamacpp-server-suite",
+        help="results: docs/benchmarks/OUT.json and .md (a partial run beside the whole one)",
+    )  # fmt: skip
+    parser.add_argument(
         "-n", dest="workers", type=int, default=0,
         help="pytest-xdist workers (the suite gives each its own port: 8080 + 10 x worker)",
     )  # fmt: skip
@@ -196,6 +205,8 @@ def main() -> None:
     selection = list(args.selection) or ["unit"]
     if args.keyword:
         selection += ["-k", args.keyword]
+    if args.markers:
+        selection += ["-m", args.markers]
     if args.workers:
         selection += ["-n", str(args.workers)]
     root = Path(__file__).resolve().parents[1]
@@ -249,7 +260,7 @@ def report(
     lines = [
         "# llama.cpp's server test suite: direct and through `rag balancer`",
         "",
-        f"`python -m bench.llamacpp_suite {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"`python -m bench.llamacpp_suite {shlex.join(sys.argv[1:])}`",
         "",
         "| run | passed | failed | error | skipped | seconds |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -273,8 +284,8 @@ def report(
         "",
     ]
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "llamacpp-server-suite.json").write_text(json.dumps(result, indent=2) + "\n")
-    (OUT_DIR / "llamacpp-server-suite.md").write_text("\n".join(lines))
+    (OUT_DIR / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (OUT_DIR / f"{args.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

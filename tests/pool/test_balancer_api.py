@@ -140,8 +140,14 @@ async def test_a_sleeping_upstream_stays_asleep_and_its_metrics_as_they_were(
     polls, /props, /metrics) do not wake it, and its families on the balancer's /metrics stay
     byte for byte what they were before it slept (llama.cpp's
     ``test_sleep::test_server_sleep_read_only_endpoints`` compares the whole scrape, which the
-    pool's own counters of those requests move: docs/pool.md)."""
-    args = (*server_args(binaries.generation_model), "--metrics", "--sleep-idle-seconds", "1")
+    pool's own counters of those requests move: docs/pool.md). Started with ``--no-slots``, as
+    the suite starts it: a ``GET /slots`` is a task that wakes a sleeping llama-server and
+    restarts its idle timer, so the pool's polls of it would keep it awake (docs/pool.md); the
+    pool then polls ``/health`` and counts the slots itself."""
+    args = (
+        *server_args(binaries.generation_model),
+        *("--metrics", "--no-slots", "--sleep-idle-seconds", "1"),
+    )
     spec = ChildSpec("pool-sleepy", "generation", args, free_port())
     supervisor = await start_children(
         binaries.llama_server, [spec], logs_dir=base_settings.logs_dir, http=pool_http
