@@ -6,7 +6,8 @@ names with slashes); ``/metrics`` has the pool's families and the upstreams', by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
@@ -133,45 +134,77 @@ def _llamacpp_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "llamacpp:" in line]
 
 
-async def test_a_sleeping_upstream_stays_asleep_and_its_metrics_as_they_were(
-    base_settings: Settings, binaries: Binaries, pool_http: PoolClient
-) -> None:
-    """llama-server's ``--sleep-idle-seconds``: read-only requests through the balancer (its
-    polls, /props, /metrics) do not wake it, and its families on the balancer's /metrics stay
-    byte for byte what they were before it slept (llama.cpp's
-    ``test_sleep::test_server_sleep_read_only_endpoints`` compares the whole scrape, which the
-    pool's own counters of those requests move: docs/pool.md). Started with ``--no-slots``, as
-    the suite starts it: a ``GET /slots`` is a task that wakes a sleeping llama-server and
-    restarts its idle timer, so the pool's polls of it would keep it awake (docs/pool.md); the
-    pool then polls ``/health`` and counts the slots itself."""
-    args = (
-        *server_args(binaries.generation_model),
-        *("--metrics", "--no-slots", "--sleep-idle-seconds", "1"),
-    )
+@contextlib.asynccontextmanager
+async def _sleepy_balancer(
+    settings: Settings, binaries: Binaries, http: PoolClient, poll_quiet: float
+) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """A balancer polling every 0.2 s in front of a llama-server that sleeps after 1 idle s."""
+    args = (*server_args(binaries.generation_model), "--metrics", "--sleep-idle-seconds", "1")
     spec = ChildSpec("pool-sleepy", "generation", args, free_port())
     supervisor = await start_children(
-        binaries.llama_server, [spec], logs_dir=base_settings.logs_dir, http=pool_http
+        binaries.llama_server, [spec], logs_dir=settings.logs_dir, http=http
     )
     try:
-        settings = balancer_settings(upstreams=[spec.url], poll_interval=0.2)
-        async with serving(create_balancer_app(settings)) as url, httpx.AsyncClient() as http:
-            assert await wait_for(lambda: answers_health(http, url), within=30)
-
-            async def sleeping() -> bool:
-                props = await http.get(f"{url}/props", timeout=10)
-                return bool(props.json()["is_sleeping"])
-
-            body = {"prompt": "Hello", "n_predict": 4}
-            answered = await http.post(f"{url}/completion", json=body, timeout=60)
+        config = balancer_settings(upstreams=[spec.url], poll_interval=0.2, poll_quiet=poll_quiet)
+        async with serving(create_balancer_app(config)) as url, httpx.AsyncClient() as client:
+            assert await wait_for(lambda: answers_health(client, url), within=30)
+            answered = await client.post(
+                f"{url}/completion", json={"prompt": "Hello", "n_predict": 4}, timeout=60
+            )
             assert answered.status_code == 200
-            await http.get(f"{url}/metrics")  # the first scrape resets the throughput buckets
-            awake = (await http.get(f"{url}/metrics")).text
-            assert "llamacpp:tokens_predicted_total" in awake
-            assert await wait_for(sleeping, within=15)
-            asleep = (await http.get(f"{url}/metrics")).text
-            assert _llamacpp_lines(asleep) == _llamacpp_lines(awake)
-            assert asleep != awake  # the pool's own counters did count the requests between
-            await asyncio.sleep(1.0)  # a few of the balancer's polls
-            assert await sleeping()
+            yield url, client
     finally:
         await supervisor.stop()
+
+
+async def _sleeping(http: httpx.AsyncClient, url: str) -> bool:
+    return bool((await http.get(f"{url}/props", timeout=10)).json()["is_sleeping"])
+
+
+async def _quiet(http: httpx.AsyncClient, url: str) -> bool:
+    (upstream,) = (await http.get(f"{url}/v1/pool", timeout=10)).json()["upstreams"]
+    return bool(upstream["quiet"])
+
+
+async def test_an_idle_upstream_sleeps_and_its_metrics_stay_as_they_were(
+    base_settings: Settings, binaries: Binaries, pool_http: PoolClient
+) -> None:
+    """llama-server's ``--sleep-idle-seconds`` behind the pool: once the pool has had no request
+    there for ``poll_quiet`` s it polls ``/health`` only (a ``GET /slots`` would wake the server
+    and restart its idle timer), so the server falls asleep; read-only requests through the
+    balancer (/props, /metrics) do not wake it, and its families on the balancer's /metrics stay
+    byte for byte what they were before it slept (llama.cpp's
+    ``test_sleep::test_server_sleep_read_only_endpoints`` compares the whole scrape, which the
+    pool's own counters of those requests move: docs/pool.md). A request wakes it and answers,
+    and the polls of ``/slots`` come back."""
+    async with _sleepy_balancer(base_settings, binaries, pool_http, poll_quiet=0.5) as (url, http):
+        await http.get(f"{url}/metrics")  # the first scrape resets the throughput buckets
+        awake = (await http.get(f"{url}/metrics")).text
+        assert "llamacpp:tokens_predicted_total" in awake
+        assert await wait_for(lambda: _sleeping(http, url), within=15)
+        assert await _quiet(http, url)
+        asleep = (await http.get(f"{url}/metrics")).text
+        assert _llamacpp_lines(asleep) == _llamacpp_lines(awake)
+        assert asleep != awake  # the pool's own counters did count the requests between
+        await asyncio.sleep(1.0)  # five of the pool's rounds
+        assert await _sleeping(http, url)
+        body = {"prompt": "Hello", "n_predict": 2}
+        answered = await http.post(f"{url}/completion", json=body, timeout=60)
+        assert answered.status_code == 200 and answered.json()["content"]
+        assert not await _sleeping(http, url)
+        assert await wait_for(lambda: _not(_quiet(http, url)), within=5)
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
+
+
+async def test_an_upstream_polled_for_its_slots_never_sleeps(
+    base_settings: Settings, binaries: Binaries, pool_http: PoolClient
+) -> None:
+    """Why quiet polling is there: with it off (``poll_quiet=0``), the pool's ``/slots`` polls
+    keep a ``--sleep-idle-seconds 1`` server awake well past its idle second."""
+    async with _sleepy_balancer(base_settings, binaries, pool_http, poll_quiet=0) as (url, http):
+        await asyncio.sleep(3.0)
+        assert not await _sleeping(http, url)
+        assert not await _quiet(http, url)

@@ -3,6 +3,14 @@
 ``/health`` and ``/props`` are read when an upstream is new or comes back; after that one
 ``/slots`` request per round tells both its health and its busy slots.
 
+Quiet upstreams. ``GET /slots`` is a task in llama-server's queue: it wakes a server that sleeps
+(``--sleep-idle-seconds``: the model unloaded) and restarts its idle timer, so polling it every
+round would keep every upstream awake for good. An upstream on which this pool has had no
+request for ``quiet`` seconds, and whose last ``/slots`` showed no other clients' load, is polled
+with ``/health`` only (no task; answered while it sleeps) until this pool sends it a request
+again: it may then sleep. Meanwhile the pool does not see requests that other clients send it
+directly; the first request of its own brings ``/slots`` back at the next round.
+
 Every ``interval`` seconds (or at once when woken, e.g. after a failed request) it updates the
 upstream's state and slot counts, then calls ``on_change()`` so that waiting requests are
 dispatched. Every call has its own short timeout, and carries the upstream's API key
@@ -27,20 +35,23 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 
 
-async def poll_once(http: httpx.AsyncClient, upstream: Upstream) -> None:
-    """Read the upstream's health and slots once and record them on ``upstream``."""
+async def poll_once(http: httpx.AsyncClient, upstream: Upstream, quiet: bool = False) -> None:
+    """Read the upstream's health and slots once and record them on ``upstream``; ``quiet``:
+    its health only, when it is known and has a ``/slots`` endpoint (see above)."""
     upstream.poll_sent(time.monotonic())
     try:
-        state, error = await _poll(http, upstream, upstream.auth)
+        state, error = await _poll(http, upstream, upstream.auth, quiet)
     except (httpx.HTTPError, ValueError) as exc:
         state, error = UpstreamState.UNREACHABLE, f"poll failed: {type(exc).__name__}"
     _set_state(upstream, state, error)
 
 
 async def _poll(
-    http: httpx.AsyncClient, upstream: Upstream, headers: Mapping[str, str]
+    http: httpx.AsyncClient, upstream: Upstream, headers: Mapping[str, str], quiet: bool
 ) -> tuple[UpstreamState, str | None]:
-    if not (upstream.props and upstream.slots_endpoint):  # new, back again, or without /slots
+    known = bool(upstream.props) and upstream.slots_endpoint
+    upstream.quiet = quiet and known
+    if not known or quiet:  # new, back again, without /slots, or left to sleep
         health = await http.get(f"{upstream.url}/health", timeout=POLL_TIMEOUT, headers=headers)
         if health.status_code == 503:
             return UpstreamState.LOADING, "loading the model (HTTP 503)"
@@ -48,7 +59,7 @@ async def _poll(
             return UpstreamState.UNREACHABLE, f"/health: HTTP {health.status_code}"
         if not upstream.props:
             await _read_props(http, upstream, headers)
-        if not upstream.slots_endpoint:
+        if not upstream.slots_endpoint or upstream.quiet:
             return UpstreamState.HEALTHY, None
     # one request per round for a known upstream: llama-server answers /slots with 503 too
     # while a model loads (half the polling work of asking /health every time)
@@ -97,12 +108,19 @@ async def run_poller(
     interval: float,
     wake: asyncio.Event,
     on_change: Callable[[], None],
+    quiet: float = 0.0,
 ) -> None:
-    """Poll ``upstream`` until cancelled; each round ends after ``interval`` or when woken."""
+    """Poll ``upstream`` until cancelled; each round ends after ``interval`` or when woken. After
+    ``quiet`` seconds without a request of this pool there (0: never), rounds are quiet."""
+    handed, since = upstream.handed, time.monotonic()
     while True:
         wake.clear()
+        now = time.monotonic()
+        if upstream.handed != handed or upstream.in_flight:
+            handed, since = upstream.handed, now
+        idle = quiet > 0 and now - since >= quiet and upstream.foreign == 0
         try:
-            await poll_once(http, upstream)
+            await poll_once(http, upstream, quiet=idle)
         except Exception:  # a bug here must not end polling for good
             log.exception("polling %s failed", upstream.url)
         on_change()

@@ -66,6 +66,7 @@ class Pool:
         *,
         policy: str = "slots",
         poll_interval: float = 0.5,
+        poll_quiet: float = 0.0,
         buffer_size: int = 64,
         buffer_timeout: float = 30.0,
         quarantine: float = 5.0,
@@ -81,6 +82,7 @@ class Pool:
         self._api_key = api_key
         self.http = http
         self.poll_interval = poll_interval
+        self.poll_quiet = poll_quiet
         self.quarantine = quarantine
         self.metrics = metrics if metrics is not None else PoolMetrics()
         self.scheduler = Scheduler(
@@ -191,6 +193,7 @@ class Pool:
                 interval=self.poll_interval,
                 wake=wake,
                 on_change=self.scheduler.dispatch,  # a poll may show freed slots
+                quiet=self.poll_quiet,
             ),
             name=f"pool-{self.name}-poll-{url}",
         )

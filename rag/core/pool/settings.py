@@ -51,6 +51,14 @@ class PoolSettings(BaseSettings):
         "streamed generations is this many tokens from its limit (0: off).",
     )
     poll_interval: float = Field(0.5, gt=0, description="Seconds between polls of an upstream.")
+    poll_quiet: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds without a request of the pool on an idle upstream after which it is "
+        "polled with /health only, not /slots (a task that wakes a llama-server started with "
+        "--sleep-idle-seconds and restarts its idle timer), so that it may sleep; other "
+        "clients' requests there are seen again once the pool sends one. 0: always /slots.",
+    )
     buffer_size: int = Field(
         64, ge=0, description="Requests that may wait for a free slot before a 429."
     )
@@ -92,6 +100,7 @@ def build_pool(
         http,
         policy=settings.policy,
         poll_interval=settings.poll_interval,
+        poll_quiet=settings.poll_quiet,
         buffer_size=settings.buffer_size,
         buffer_timeout=settings.buffer_timeout,
         quarantine=settings.quarantine,

@@ -36,6 +36,8 @@ class Upstream:
     held_since_poll: int = 0  # most slots this pool held here since the current poll was sent
     poll_sent_at: float = 0.0  # monotonic time the current (or last) poll was sent
     requests: int = 0  # all requests of this pool on this upstream now (slot-taking or not)
+    handed: int = 0  # slot-taking requests this pool has sent here, in all (the poller's clock)
+    quiet: bool = False  # polled with /health only: idle, so that it may sleep (poller.py)
     slots_endpoint: bool = True  # False when /slots is disabled: only local counting remains
     quarantined_until: float = 0.0
     draining: bool = False
@@ -68,6 +70,7 @@ class Upstream:
 
     def took_slot(self) -> None:
         self.in_flight += 1
+        self.handed += 1
         self.held_since_poll = max(self.held_since_poll, self.in_flight)
 
     def gave_slot(self) -> None:
@@ -98,6 +101,7 @@ class Upstream:
             "slots_busy": self.slots_busy,
             "slots_free": max(0, self.slots_total - self.slots_busy),
             "requests_in_flight": self.requests,
+            "quiet": self.quiet,
             "model": self.model,
             "errors": self.errors,
             "last_error": self.last_error,
