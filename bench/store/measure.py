@@ -56,9 +56,10 @@ class Ticker:
     stall less the thread's run-queue wait in it, i.e. what ran on the loop, or held the GIL or a
     lock it waited for; ``own_over_50``: how many passed 50 ms); and on a virtual machine, the
     time the hypervisor ran something else on the machine's CPUs (``steal`` in ``/proc/stat``,
-    counted in 10 ms ticks) is read with it. ``worst`` is the longest stall so split: on a CPU
-    (the loop's own work), queued, stolen from the machine meanwhile, and the rest (blocked: the
-    GIL, a lock, a page to read). The rest is the service's to answer for.
+    counted in 10 ms ticks) is read with it. ``worst`` splits the longest stall's wake-up window:
+    the loop thread on a CPU (the loop's own work), queued, and off the CPU (asleep in its poll,
+    or blocked on the GIL, a lock, a page), beside the machine's steal in it. What ran on the
+    loop, or held what it waited for, is the service's to answer for.
     """
 
     def __init__(self, folder: Path, interval: float = 0.005) -> None:
@@ -153,13 +154,16 @@ class Ticker:
             # (Linux's pressure stall information), and pages reclaimed by allocating tasks
             "memory_stall_ms": round((self._pressure[0] - pressure[0]) / 1000, 1),
             "direct_reclaim_pages": self._pressure[1] - pressure[1],
-            # the longest stall, split (ms): on a CPU, queued, the machine's steal meanwhile
-            # (all CPUs, 10 ms ticks), and the rest
+            # the longest stall's whole wake-up window (the sleep asked for + how late it
+            # came), split (ms): the loop thread on a CPU, on a run queue, and neither (idle
+            # in its poll, or blocked: the GIL, a lock, a page); with the machine's steal
+            # meanwhile (all CPUs, 10 ms ticks)
             "worst": {
+                "window_ms": round((worst + self.interval) * 1000, 1),
                 "ran_ms": round(ran * 1000, 1),
                 "queued_ms": round(waited * 1000, 1),
+                "off_cpu_ms": round(max(0.0, worst + self.interval - ran - waited) * 1000, 1),
                 "steal_ms": round(stolen * 1000, 1),
-                "rest_ms": round(max(0.0, worst - ran - waited) * 1000, 1),
             },
             "steal_ms": round((self._steal - steal) * 1000, 1),  # the machine's, in the phase
         }

@@ -144,9 +144,10 @@ def _stalls_md(result: dict[str, Any]) -> str:
         "process's longest in the same window / the service's longest less the time its loop "
         "thread waited on the OS's run queue meanwhile (how many of those passed 50 ms), and "
         "where some task of the machine stalled on memory meanwhile, for how long (Linux's "
-        "pressure stall information); where the run split it, the longest stall as the loop "
-        "thread's time on a CPU + on a run queue + the rest (blocked), and the hypervisor's "
-        "steal from the machine's CPUs meanwhile (``/proc/stat``, 10 ms ticks, all CPUs); idle "
+        "pressure stall information); where the run split it, the longest stall's wake-up window "
+        "(the 5 ms sleep + the stall) as the loop thread's time on a CPU + on a run queue + off "
+        "the CPU (asleep or blocked), and the hypervisor's steal from the machine's CPUs in it "
+        "(``/proc/stat``, 10 ms ticks, all CPUs); idle "
         "= nothing but the two tickers, before the store starts. Reopen s: to the first answer "
         "(store ready + collection loaded + first search):\n",
         "| points | idle | " + " | ".join(PHASES) + " |",
@@ -162,12 +163,18 @@ def _stalls_md(result: dict[str, Any]) -> str:
             elif "own_max_ms" in stall:
                 memory = stall.get("memory_stall_ms")
                 worst = stall.get("worst")
-                split = (
-                    f"; {worst['ran_ms']} cpu + {worst['queued_ms']} queued + "
-                    f"{worst['rest_ms']} blocked, steal {worst['steal_ms']}"
-                    if worst and stall["max_ms"] >= 10
-                    else ""
-                )
+                split = ""
+                if worst and stall["max_ms"] >= 10:
+                    # the window: the 5 ms sleep asked for + the stall (runs before the window
+                    # was recorded have the stall less CPU and queue as rest_ms)
+                    window = worst.get("window_ms", round(stall["max_ms"] + 5.0, 1))
+                    off = worst.get("off_cpu_ms")
+                    if off is None:
+                        off = round(max(0.0, window - worst["ran_ms"] - worst["queued_ms"]), 1)
+                    split = (
+                        f"; its {window} ms: {worst['ran_ms']} on a CPU + {worst['queued_ms']} "
+                        f"queued + {off} off, steal {worst['steal_ms']}"
+                    )
                 cells.append(
                     f"{stall['max_ms']} / {stall['machine_max_ms']} / {stall['own_max_ms']}"
                     f" ({stall['own_over_50']})" + (f", memory {memory}" if memory else "") + split
