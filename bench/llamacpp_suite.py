@@ -73,8 +73,11 @@ if {mode!r} == "direct":  # killed with the suite's process, even if a test time
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     inner = str(s.getsockname()[1])
+# GCP compat (AIP_MODE=PREDICTION) makes llama-server listen on AIP_HTTP_PORT, the suite's port:
+# the balancer's; so the real server gets its own port there too
+env = dict(os.environ, **({{"AIP_HTTP_PORT": inner}} if "AIP_HTTP_PORT" in os.environ else {{}}))
 server = subprocess.Popen([{llama_server!r}, *out, "--host", "127.0.0.1", "--port", inner],
-                          preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
+                          env=env, preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
 os.environ["RAG_BALANCER_POLL_INTERVAL"] = "0.1"
 os.environ["RAG_BALANCER_LOG_LEVEL"] = "warning"
 os.environ.setdefault("RAG_BALANCER_HTTP", "h11")  # header names as llama-server spells them
