@@ -75,7 +75,9 @@ with socket.socket() as s:
     inner = str(s.getsockname()[1])
 # GCP compat (AIP_MODE=PREDICTION) makes llama-server listen on AIP_HTTP_PORT, the suite's port:
 # the balancer's; so the real server gets its own port there too
-env = dict(os.environ, **({{"AIP_HTTP_PORT": inner}} if "AIP_HTTP_PORT" in os.environ else {{}}))
+env = dict(os.environ)
+if "AIP_HTTP_PORT" in env:
+    env["AIP_HTTP_PORT"] = inner
 server = subprocess.Popen([{llama_server!r}, *out, "--host", "127.0.0.1", "--port", inner],
                           env=env, preexec_fn=lambda: die_with_parent(sig=signal.SIGKILL))
 os.environ["RAG_BALANCER_POLL_INTERVAL"] = "0.1"

@@ -7,9 +7,9 @@ here with the prefix ``RAG_BALANCER_`` (``RAG_BALANCER_POLICY``, ``RAG_BALANCER_
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.balancer.busypoll import AUTO_BUSY_POLL, AUTO_BUSY_POLL_CPUS
@@ -80,7 +80,7 @@ class BalancerSettings(BaseSettings):
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body in bytes: 413."
     )
-    busy_poll: float | Literal["auto"] = Field(
+    busy_poll: Annotated[float, Field(ge=0, le=60)] | Literal["auto"] = Field(
         "auto",
         description="Seconds the event loop keeps polling without sleeping after each proxied "
         "request begins or ends (HAProxy's busy-polling): on a VM or a CPU with deep idle "
@@ -89,14 +89,6 @@ class BalancerSettings(BaseSettings):
         f"{AUTO_BUSY_POLL} s on a host with an NVIDIA GPU and at least {AUTO_BUSY_POLL_CPUS} "
         "CPUs (its upstreams answer in milliseconds and it has cores to spare), else off.",
     )
-
-    @field_validator("busy_poll")
-    @classmethod
-    def _busy_poll_range(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and not 0 <= value <= 60:
-            raise ValueError("busy_poll is auto or 0-60 seconds")
-        return value
-
     metrics: bool = Field(
         True,
         description="Serve /metrics; false: it answers 501, as llama-server without --metrics.",

@@ -51,7 +51,7 @@ async def _poll(
 ) -> tuple[UpstreamState, str | None]:
     known = bool(upstream.props) and upstream.slots_endpoint
     upstream.quiet = quiet and known
-    if not known or quiet:  # new, back again, without /slots, or left to sleep
+    if not known or upstream.quiet:  # new, back again, without /slots, or left to sleep
         health = await http.get(f"{upstream.url}/health", timeout=POLL_TIMEOUT, headers=headers)
         if health.status_code == 503:
             return UpstreamState.LOADING, "loading the model (HTTP 503)"
