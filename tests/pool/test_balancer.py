@@ -18,9 +18,18 @@ import openai
 import pytest
 
 from rag.balancer import BalancerSettings, balancer_settings, create_balancer_app
-from rag.core.runtime.supervisor import free_port
-from tests.conftest import wait_for
-from tests.pool.conftest import answers_health, busy_generations, busy_slots, serving
+from rag.core.pool.client import PoolClient
+from rag.core.runtime.supervisor import ChildSpec, free_port
+from rag.core.settings import Settings
+from tests.conftest import start_children, wait_for
+from tests.pool.conftest import (
+    Binaries,
+    answers_health,
+    busy_generations,
+    busy_slots,
+    server_args,
+    serving,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -150,6 +159,42 @@ async def test_client_disconnect_frees_the_slot(
 
 async def _all_idle(http: httpx.AsyncClient, urls: list[str]) -> bool:
     return all([await _idle(http, url) for url in urls])
+
+
+async def test_client_that_leaves_before_a_whole_answer_frees_the_slot(
+    base_settings: Settings, binaries: Binaries, pool_http: PoolClient
+) -> None:
+    """llama.cpp's ``test_cancel_request`` through the balancer: a non-streamed generation (its
+    answer comes whole, at the end) whose client leaves after 0.3 s stops within two seconds.
+    llama-server looks for a gone client only after a second in which no task of the server
+    has ended, and each ``GET /slots`` is one: the pool's polls (here every 0.1 s, as in
+    llama.cpp's suite) kept such a generation running to its end. Its own upstream: other
+    pools' polls of the shared servers would keep it running too."""
+    spec = ChildSpec(
+        "pool-cancel", "generation", server_args(binaries.generation_model), free_port()
+    )
+    supervisor = await start_children(
+        binaries.llama_server, [spec], logs_dir=base_settings.logs_dir, http=pool_http
+    )
+    try:
+        app = create_balancer_app(balancer_settings(upstreams=[spec.url], poll_interval=0.1))
+        async with serving(app) as url, httpx.AsyncClient(timeout=60.0) as http:
+            assert await wait_for(lambda: answers_health(http, url), within=30)
+            body = {"prompt": "Count from one to one thousand: one, two,", "ignore_eos": True}
+            probe = await http.post(f"{url}/completion", json={**body, "n_predict": 32})
+            speed = probe.json()["timings"]["predicted_per_second"]
+            tokens = 1900
+            assert tokens / speed > 5.0, f"the generation is too short to tell ({speed:.0f}/s)"
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(
+                    f"{url}/completion", json={**body, "n_predict": tokens}, timeout=0.3
+                )
+            await asyncio.sleep(2.0)  # no request of ours upstream: /slots would delay it too
+            assert await _idle(http, spec.url), "the generation went on after its client left"
+            pool = (await http.get(f"{url}/v1/pool")).json()
+            assert pool["upstreams"][0]["requests_in_flight"] == 0
+    finally:
+        await supervisor.stop()
 
 
 async def test_membership_register_and_drain(balancer: str) -> None:

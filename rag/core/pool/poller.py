@@ -11,6 +11,11 @@ with ``/health`` only (no task; answered while it sleeps) until this pool sends 
 again: it may then sleep. Meanwhile the pool does not see requests that other clients send it
 directly; the first request of its own brings ``/slots`` back at the next round.
 
+Hushed upstreams. For a moment after one of the pool's requests there was given up before its
+answer came (``Pool._abandoned``), an upstream is polled with ``/health`` only too: llama-server
+notices a closed connection only after a second in which none of its tasks ended, and each
+``/slots`` poll is a task that ends.
+
 Every ``interval`` seconds (or at once when woken, e.g. after a failed request) it updates the
 upstream's state and slot counts, then calls ``on_change()`` so that waiting requests are
 dispatched. Every call has its own short timeout, and carries the upstream's API key
@@ -120,7 +125,7 @@ async def run_poller(
             handed, since = upstream.handed, now
         idle = quiet > 0 and now - since >= quiet and upstream.foreign == 0
         try:
-            await poll_once(http, upstream, quiet=idle)
+            await poll_once(http, upstream, quiet=idle or upstream.hushed_until > now)
         except Exception:  # a bug here must not end polling for good
             log.exception("polling %s failed", upstream.url)
         on_change()

@@ -3,7 +3,8 @@
 It owns the membership, one poller task per upstream (``poller.py``) and the scheduler of slot
 leases (``scheduler.py``: policy, waiting buffer, prefix affinity). ``request`` and ``stream``
 fail over to another upstream on transport errors and 5xx answers as long as nothing has been
-handed to the caller; slots are given back in ``finally`` blocks, so cancellation frees them.
+handed to the caller; slots are given back in ``finally`` blocks, so cancellation frees them
+(one given up before its answer's head, after ``ABANDONED_HUSH``).
 Each request is made for a tenant (``tenant=``, else the request's own: ``tenant.py``), which
 the buffer serves in turn with the others when slots are short.
 """
@@ -43,6 +44,12 @@ SLOT_PATHS = frozenset(
 )  # fmt: skip
 """llama-server's routes whose requests run in a slot (generation, embeddings, reranking): the
 rest (tokenize, props, slots, metrics, token counting, lora adapters, ...) take none."""
+ABANDONED_HUSH = 1.5
+"""Seconds a slot stays counted busy, and its upstream polled by ``/health`` only, after a
+request there was given up before its answer's head (a client gone, a caller's timeout): long
+enough for llama-server to notice the closed connection. It looks for one only when a whole
+second (``HTTP_POLLING_SECONDS``) passes in which no task of the server ends, and a ``/slots``
+poll is such a task: polled every round, an abandoned non-streamed generation ran to its end."""
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 _RETRYABLE = (*_CONNECT_ERRORS, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -289,7 +296,11 @@ class Pool:
             except BaseException:
                 if response is not None:
                     await response.aclose()
-                self.scheduler.release(lease)
+                    self.scheduler.release(lease)
+                elif slot:  # given up before the answer: the upstream may not know yet
+                    self._abandoned(lease)
+                else:
+                    self.scheduler.release(lease)
                 raise
             status = response.status_code
             counted = self._answered.get((upstream.url, status))
@@ -332,6 +343,13 @@ class Pool:
             self._failed(upstream, f"http_{status}", last)
             tried.add(upstream.url)
             self.metrics.failovers.labels(self.name).inc()
+
+    def _abandoned(self, lease: Lease) -> None:
+        """``lease``'s request was given up before its answer's head: its slot stays counted
+        busy, and its upstream unpolled by ``/slots``, for ``ABANDONED_HUSH`` seconds."""
+        upstream = lease.upstream
+        upstream.hushed_until = max(upstream.hushed_until, time.monotonic() + ABANDONED_HUSH)
+        asyncio.get_running_loop().call_later(ABANDONED_HUSH, self.scheduler.release, lease)
 
     def _record_timings(self, tokens_per_second: float, tokens: int) -> None:
         self._tokens_per_second.observe(tokens_per_second)
