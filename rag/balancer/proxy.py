@@ -3,7 +3,7 @@
 ``ProxyApp`` passes every request on to an upstream llama-server, whatever its path and method,
 except the balancer's own endpoints (``OWN``: health, metrics, pool status and membership, the
 API docs), which go on to the FastAPI app. Requests on llama-server's slot routes (generation,
-embeddings, reranking: ``rag.core.pool.pool.SLOT_PATHS``) are balanced by free slots; the rest
+embeddings, reranking: ``rag.core.pool.requesting.SLOT_PATHS``) are balanced by free slots; the rest
 (tokenize, props, slots, token counting, LoRA adapters, the MCP/CORS proxy, ``OPTIONS``
 preflights, model names with slashes, ...) go to a healthy upstream. The path goes on as the
 client sent it (``raw_path``: an encoded ``%2F`` stays encoded). For a proxied request it reads
@@ -35,8 +35,8 @@ from rag.core.errors import RagError
 from rag.core.pool import Pool, UpstreamRejected
 from rag.core.pool.budget import token_budget
 from rag.core.pool.observe import raw_chunks
-from rag.core.pool.pool import SLOT_PATHS
 from rag.core.pool.prefix import request_prefix
+from rag.core.pool.requesting import SLOT_PATHS
 from rag.core.pool.transport import Answer
 from rag.core.requestid import reset_request_id, set_request_id
 from rag.web.errors import error_response

@@ -18,7 +18,7 @@ from rag.core.errors import RateLimited, UpstreamFailed, UpstreamUnavailable
 from rag.core.pool import Pool, UpstreamRejected
 from rag.core.pool.client import PoolClient
 from rag.core.pool.policy import POLICIES
-from rag.core.pool.pool import ABANDONED_HUSH
+from rag.core.pool.requesting import ABANDONED_HUSH
 from rag.core.pool.settings import PoolSettings, build_pool
 from rag.core.runtime.membership import follow_supervisor
 from rag.core.runtime.supervisor import ChildSpec, ChildState, Supervisor

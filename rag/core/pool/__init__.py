@@ -6,7 +6,8 @@ poller.py      the task per upstream that reads /health, /slots, /props
 buffer.py      the bounded FIFO of requests waiting for a slot
 scheduler.py   slot leases: choice, buffer, prefix affinity, early handoff
 budget.py      token budgets of generation requests, events of their streams
-pool.py        Pool: membership, request(), stream() and forward() with failover
+pool.py        Pool: lifecycle, membership, the pollers
+requesting.py  Pool's request path: request(), stream() and forward() with failover
 opening.py     Opening: an opened answer's lifetime (async with); the upstream key on requests
 client.py      PoolClient: httpx's API, open() and exchange() straight to the transport
 transport.py   UpstreamTransport: kept-alive connections per upstream; Answer, the raw answer
