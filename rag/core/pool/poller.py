@@ -12,9 +12,9 @@ again: it may then sleep. Meanwhile the pool does not see requests that other cl
 directly; the first request of its own brings ``/slots`` back at the next round.
 
 Hushed upstreams. For a moment after one of the pool's requests there was given up before its
-answer came (``Pool._abandoned``), an upstream is polled with ``/health`` only too: llama-server
-notices a closed connection only after a second in which none of its tasks ended, and each
-``/slots`` poll is a task that ends.
+answer came (``Requests._abandoned`` in ``requesting.py``), an upstream is polled with
+``/health`` only too: llama-server notices a closed connection only after a second in which
+none of its tasks ended, and each ``/slots`` poll is a task that ends.
 
 Every ``interval`` seconds (or at once when woken, e.g. after a failed request) it updates the
 upstream's state and slot counts, then calls ``on_change()`` so that waiting requests are

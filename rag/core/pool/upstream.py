@@ -38,7 +38,7 @@ class Upstream:
     requests: int = 0  # all requests of this pool on this upstream now (slot-taking or not)
     handed: int = 0  # slot-taking requests this pool has sent here, in all (the poller's clock)
     quiet: bool = False  # polled with /health only: idle, so that it may sleep (poller.py)
-    hushed_until: float = 0.0  # /health only until then: a request abandoned (pool.py)
+    hushed_until: float = 0.0  # /health only until then: a request abandoned (requesting.py)
     slots_endpoint: bool = True  # False when /slots is disabled: only local counting remains
     quarantined_until: float = 0.0
     draining: bool = False
