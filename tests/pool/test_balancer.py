@@ -19,16 +19,16 @@ import pytest
 
 from rag.balancer import BalancerSettings, balancer_settings, create_balancer_app
 from rag.core.pool.client import PoolClient
-from rag.core.runtime.supervisor import ChildSpec, free_port
+from rag.core.runtime.supervisor import free_port
 from rag.core.settings import Settings
-from tests.conftest import start_children, wait_for
+from tests.conftest import wait_for
 from tests.pool.conftest import (
     Binaries,
     answers_health,
     busy_generations,
     busy_slots,
-    server_args,
     serving,
+    start_servers,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -170,14 +170,10 @@ async def test_client_that_leaves_before_a_whole_answer_frees_the_slot(
     has ended, and each ``GET /slots`` is one: the pool's polls (here every 0.1 s, as in
     llama.cpp's suite) kept such a generation running to its end. Its own upstream: other
     pools' polls of the shared servers would keep it running too."""
-    spec = ChildSpec(
-        "pool-cancel", "generation", server_args(binaries.generation_model), free_port()
-    )
-    supervisor = await start_children(
-        binaries.llama_server, [spec], logs_dir=base_settings.logs_dir, http=pool_http
-    )
+    supervisor = await start_servers(base_settings, binaries, ["pool-cancel"], pool_http)
+    (upstream,) = [child.spec.url for child in supervisor.children]
     try:
-        app = create_balancer_app(balancer_settings(upstreams=[spec.url], poll_interval=0.1))
+        app = create_balancer_app(balancer_settings(upstreams=[upstream], poll_interval=0.1))
         async with serving(app) as url, httpx.AsyncClient(timeout=60.0) as http:
             assert await wait_for(lambda: answers_health(http, url), within=30)
             body = {"prompt": "Count from one to one thousand: one, two,", "ignore_eos": True}
@@ -190,7 +186,7 @@ async def test_client_that_leaves_before_a_whole_answer_frees_the_slot(
                     f"{url}/completion", json={**body, "n_predict": tokens}, timeout=0.3
                 )
             await asyncio.sleep(2.0)  # no request of ours upstream: /slots would delay it too
-            assert await _idle(http, spec.url), "the generation went on after its client left"
+            assert await _idle(http, upstream), "the generation went on after its client left"
             pool = (await http.get(f"{url}/v1/pool")).json()
             assert pool["upstreams"][0]["requests_in_flight"] == 0
     finally:
