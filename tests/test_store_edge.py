@@ -15,6 +15,7 @@ from qdrant_client import models
 from rag.core.errors import InvalidRequest
 from rag.core.store import shards
 from rag.core.store.edge import UPSERT_PART, EdgeBackend
+from rag.core.store.host import Host
 from rag.core.vectorstore import ChunkPoint, VectorStore, point_id
 from tests.conftest import wait_for
 
@@ -137,3 +138,39 @@ async def test_a_caller_that_gives_up_does_not_abandon_the_start(tmp_path: Path)
         assert _store_processes(tmp_path) == started
     finally:
         await backend.close()
+
+
+def _wal_bytes(shard: Path) -> int:
+    return sum(f.stat().st_blocks * 512 for f in (shard / "wal").rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("flush_points", [2_000, 1 << 40])
+def test_the_store_flushes_as_it_writes_so_its_log_stays_short(
+    tmp_path: Path, flush_points: int
+) -> None:
+    """Qdrant Edge keeps every write in its WAL until a flush; the store process flushes each
+    shard every ``flush_points`` points, as ``serve`` does after each call, so a store killed
+    before its next indexing run has little to replay. Without it (the large value) the log
+    holds all that was written."""
+    host = Host(tmp_path, DIM, flush_points=flush_points)
+    rng = np.random.default_rng(5)
+    written = 0
+    for start in range(0, 32_000, 500):
+        ids = [point_id("doc", i) for i in range(start, start + 500)]
+        blobs = [{"filename": "s.txt", "blob": f"{i:08d}" * 625} for i in range(500)]  # 5 kB
+        host.upsert(
+            "rag_c", ids=ids, vectors=rng.normal(size=(500, DIM)).astype(np.float32),
+            texts=["stone"] * 500, payloads=blobs,
+        )  # fmt: skip
+        written += 500 * 5_000
+        host.flush(due=True)
+    wal = _wal_bytes(tmp_path / "rag_c")
+    try:
+        if flush_points < 32_000:
+            assert wal < written / 2, (wal, written)
+            assert host.unflushed["rag_c"] < flush_points
+        else:
+            assert wal > written, (wal, written)
+        assert shards.count(host.shard("rag_c"), None) == 32_000
+    finally:
+        host.close()
