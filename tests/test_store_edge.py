@@ -174,3 +174,35 @@ def test_the_store_flushes_as_it_writes_so_its_log_stays_short(
         assert shards.count(host.shard("rag_c"), None) == 32_000
     finally:
         host.close()
+
+
+def test_a_loaded_shard_has_its_payloads_read_ahead_when_memory_allows(tmp_path: Path) -> None:
+    host = Host(tmp_path, DIM)
+    rng = np.random.default_rng(6)
+    ids = [point_id("doc", i) for i in range(2_000)]
+    host.upsert(
+        "rag_c", ids=ids, vectors=rng.normal(size=(2_000, DIM)).astype(np.float32),
+        texts=[f"stone {i}" for i in range(2_000)],
+        payloads=[{"filename": "s.txt", "text": f"stone {i} " * 50} for i in range(2_000)],
+    )  # fmt: skip
+    host.optimize("rag_c")
+    host.close()
+    shard = tmp_path / "rag_c"
+    parts = [
+        f
+        for part in shards.WARM_PARTS
+        for d in shard.glob(f"segments/*/{part}")
+        for f in d.rglob("*")
+        if f.is_file()
+    ]
+    assert {f.relative_to(shard).parts[2] for f in parts} == set(shards.WARM_PARTS)
+    assert shards.warm(shard) == sum(f.stat().st_size for f in parts) > 0
+    assert shards.warm(shard, available=1) == 0  # more than a quarter of what is free: left
+    reopened = Host(tmp_path, DIM)
+    try:
+        assert shards.count(reopened.shard("rag_c"), None) == 2_000
+        warming = reopened.warming["rag_c"]  # the load started it
+        warming.join(timeout=30)
+        assert not warming.is_alive()
+    finally:
+        reopened.close()

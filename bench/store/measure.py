@@ -231,8 +231,9 @@ def _memory_pressure() -> tuple[int, int]:
     return stalled, scanned
 
 
-def _major_faults() -> int:
-    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[9])
+def _major_faults(pid: int | str = "self") -> int:
+    """Pages the process had to read from disk so far (its page faults that did I/O)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
 
 
 def _rss_mb(pid: int) -> dict[str, float]:
@@ -323,20 +324,30 @@ async def measure(
     try:
         await store.ensure_collection(COLLECTION)
         await ticker.take()
-        upsert_s = 0.0
+        upsert_s = block_s = 0.0
+        blocks: list[list[float]] = []  # [points so far, ms a point in the last 20th]
+        block_points = max(UPSERT_BATCH, corpus.size // 20)
         batches = corpus.batches(UPSERT_BATCH)
-        n = 0
+        n = written = 0
         # the points are made in a thread (the benchmark's own work stays off the loop), and
         # only the upserts are timed
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
             started = time.perf_counter()
             await store.upsert(COLLECTION, batch)
-            upsert_s += time.perf_counter() - started
+            took = time.perf_counter() - started
+            upsert_s += took
+            block_s += took
+            written += len(batch)
+            if written % block_points < len(batch) or written == corpus.size:
+                done = blocks[-1][0] if blocks else 0
+                blocks.append([written, round(block_s / (written - done) * 1000, 4)])
+                block_s = 0.0
             if n % 400 == 0:
                 log(f"  {backend} upserted {n * UPSERT_BATCH}/{corpus.size}")
             n += 1
         result["upsert_ms_per_point"] = round(upsert_s / corpus.size * 1000, 4)
         result["upsert_seconds"] = round(upsert_s, 1)
+        result["upsert_blocks"] = blocks  # how the cost moved as the collection grew
         result["stall_upsert"] = await ticker.take()
         log(f"  {backend} upserts: {result['upsert_ms_per_point']} ms/point")
 
@@ -374,9 +385,12 @@ async def measure(
             await _timed([search(kind, i) for i in range(WARMUP)])
             calls = [search(kind, i) for i in range(len(queries))]
             await ticker.take()  # only the searches themselves
+            faults = _major_faults(_store_pid(store))
             seconds, answers = await _timed(calls)
             stalls.append(await ticker.take())
             result[kind] = {**_percentiles(seconds), "stall": stalls[-1]}
+            # the store's reads from disk: a search that waits on one is slow for the disk
+            result[kind]["store_major_faults"] = _major_faults(_store_pid(store)) - faults
             if kind == "dense":
                 dense_answers = answers
             log(f"  {backend} {kind}: {result[kind]}")
@@ -413,6 +427,7 @@ async def measure(
         # collection loaded (its first call), the first search
         await store.backend.ping()
         ready = time.perf_counter()
+        faults = _major_faults(_store_pid(store))
         await store.count(COLLECTION)
         loaded = time.perf_counter()
         await store.search(COLLECTION, vector=queries[0].tolist(), text="", top_k=TOP_K)
@@ -421,6 +436,7 @@ async def measure(
             "ready_s": round(ready - started, 2),
             "load_s": round(loaded - ready, 2),
             "first_search_s": round(time.perf_counter() - loaded, 3),
+            "store_major_faults": _major_faults(_store_pid(store)) - faults,
         }
         result["stall_reopen"] = await ticker.take()
         result["memory_after_reopen"] = _rss_mb(_store_pid(store))

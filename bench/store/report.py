@@ -207,6 +207,22 @@ def _sweep_md(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def _blocks_md(result: dict[str, Any]) -> str:
+    """The upsert cost of each twentieth of the load, per size (where the run recorded it)."""
+    lines = []
+    for size, entry in result["sizes"].items():
+        blocks = entry["edge"].get("upsert_blocks")
+        if blocks:
+            cells = ", ".join(f"{int(points):,}: {ms}" for points, ms in blocks)
+            lines.append(f"- {int(size):,}: {cells}")
+    if not lines:
+        return ""
+    return (
+        "Upsert ms a point as the collection grew (each twentieth of the load, by the points "
+        "written when it ended):\n\n" + "\n".join(lines) + "\n\n"
+    )
+
+
 def write(result: dict[str, Any]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "store.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -243,6 +259,7 @@ def write(result: dict[str, Any]) -> None:
         + "\n".join(rows)
         + "\n\n"
         + _stalls_md(result)
+        + _blocks_md(result)
         + _sweep_md(result)
         + "Ratios edge / local mode in the same run (below 1: the embedded store is faster):\n\n"
         f"{ratio_head}\n"

@@ -15,6 +15,8 @@ answers one call at a time:
   points were written to it since its last flush, and when no call has come for ``--idle``
   seconds: Qdrant Edge never flushes by itself, so its WAL grew with every write until the next
   indexing run (176 MB for 61k points), and a store killed before that run replayed all of it;
+- a shard loaded from disk, and one just indexed, has its payloads and sparse vectors read into
+  the page cache by a thread (``shards.warm``), so that searches do not wait on the disk for them;
 - end of input (the service exited) closes the shards and ends the process.
 
 One folder per collection under the root (``rag_<name>``); a shard is opened by one process only
@@ -58,14 +60,36 @@ class Host:
         self.shards: dict[str, qe.EdgeShard] = {}
         self.dirty: dict[str, int] = {}  # points written since the shard's last indexing run
         self.unflushed: dict[str, int] = {}  # points written or deleted since its last flush
+        self.warming: dict[str, threading.Thread] = {}
 
     def shard(self, name: str, *, create: bool = False) -> qe.EdgeShard:
         if name not in self.shards:
             path = self.root / name
             if not create and not shards.exists(path):
                 raise MissingCollection(f"collection {name!r} does not exist")
+            existed = shards.exists(path)
             self.shards[name] = shards.open_shard(path, self.dimensions)
+            if existed:
+                self._warm(name)
         return self.shards[name]
+
+    def _warm(self, name: str) -> None:
+        """Read what a search touches and a load leaves on disk into the page cache, in a thread
+        (``shards.warm``): one at a time per shard."""
+        running = self.warming.get(name)
+        if running is not None and running.is_alive():
+            return
+        path = self.root / name
+
+        def run() -> None:
+            started = time.perf_counter()
+            read = shards.warm(path)
+            log.info(
+                "%s: %d MB read ahead in %.1f s", name, read >> 20, time.perf_counter() - started
+            )
+
+        self.warming[name] = threading.Thread(target=run, name="store-warm", daemon=True)
+        self.warming[name].start()
 
     def names(self) -> list[str]:
         if not self.root.exists():
@@ -126,6 +150,7 @@ class Host:
         for key in [name] if name else [k for k, v in self.dirty.items() if v]:
             if key in self.shards:
                 _in_background(self.shards[key].optimize)
+                self._warm(key)  # the segments it wrote
             self.dirty[key] = 0
         return time.perf_counter() - started
 

@@ -50,6 +50,58 @@ Shards made before load as they are (their indexes stay in memory); segments the
 rebuilds in them may take the new placement."""
 
 
+WARM_PARTS = ("payload_storage", "vector_storage-sparse")
+WARM_SHARE = 0.25  # of the memory available: a larger shard is left to be read as it is used
+WARM_BUFFER = 1 << 20
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS says are available (``MemAvailable``), or None where it does not."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def warm(path: Path, *, available: int | None = None) -> int:
+    """Read the parts of the shard at ``path`` that loading it leaves on disk into the page cache;
+    the bytes read (0 when they exceed ``WARM_SHARE`` of the available memory).
+
+    A load reads the dense vectors and the HNSW graph into memory (``Memory.Cached``); the
+    payloads, which every search returns, and the sparse vectors stay where they are, so each
+    search's first touch of a point's payload waited on the disk (150k points, page cache
+    dropped: 2,743 reads from disk in the first 300 searches, p50 / p99 2.35 / 6.27 ms, against
+    170 reads and 1.76 / 3.34 ms with this run beside them). The reads are plain ``readinto``
+    calls, which release the GIL, so the store's calls go on meanwhile.
+    """
+    files = [
+        f for part in WARM_PARTS for d in path.glob(f"segments/*/{part}") for f in d.rglob("*")
+    ]
+    sizes = {}
+    for f in files:
+        try:
+            if f.is_file():
+                sizes[f] = f.stat().st_size
+        except OSError:  # a segment the optimizer removed meanwhile
+            continue
+    budget = available_memory() if available is None else available
+    if budget is not None and sum(sizes.values()) > budget * WARM_SHARE:
+        return 0
+    done = 0
+    buffer = bytearray(WARM_BUFFER)
+    for f in sorted(sizes):
+        try:
+            with open(f, "rb", buffering=0) as handle:
+                while read := handle.readinto(buffer):
+                    done += read
+        except OSError:
+            continue
+    return done
+
+
 def indexing_threads() -> int:
     """Threads that build an HNSW graph: one core fewer than this process may use, at least one.
 
