@@ -16,7 +16,10 @@ into docs/benchmarks/store.{json,md,png}.
 
 ``--keep DIR`` leaves each size's embedded store in ``DIR/edge-<size>``; ``--sweep-ef`` then
 measures recall@10 and latency at each search breadth on such a store without rebuilding it
-(bench/store/sweep.py).
+(bench/store/sweep.py), and ``--append DIR`` the cost of new points in each kept collection,
+the sizes in turn (bench/store/append.py):
+
+    .venv/bin/python -m bench.store --append DIR
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.store import data, report, sweep
+from bench.store import append, data, report, sweep
 from bench.store.measure import measure
 
 
@@ -107,8 +110,24 @@ def main() -> None:
         help="recall and latency at each hnsw_ef on the kept store --index (0: the default)",
     )  # fmt: skip
     parser.add_argument("--index", type=Path, default=None, help="a store kept by --keep")
+    parser.add_argument(
+        "--append", type=Path, default=None, metavar="DIR",
+        help="the cost of new points in each store that --keep left in DIR, sizes in turn",
+    )  # fmt: skip
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "store", "method": "", "sizes": {}}
+    if args.append:
+        stores = sorted(
+            (p for p in args.append.glob("edge-*") if (p / sweep.MARKER).exists()),
+            key=lambda p: int(p.name.split("-", 1)[1]),
+        )
+        if not stores:
+            parser.error(f"--append: no store that --keep left in {args.append}")
+        result = report.merge(result)
+        result["append"] = asyncio.run(append.append(stores, _log))
+        report.write(result)
+        _log(f"wrote {report.OUT / 'store.md'}")
+        return
     if args.sweep_ef:
         if args.index is None:
             parser.error("--sweep-ef needs --index DIR (a store kept by --keep)")

@@ -148,7 +148,7 @@ class Corpus:
         """All ``size`` vectors (float32), for exact search; made once."""
         if self._vectors is None:
             parts = [self.base.vectors[: self.real]]
-            parts += [v for v, _ in self._derived_batches(texts=False)]
+            parts += [v for v, _ in self.derived_batches(texts=False)]
             self._vectors = np.concatenate(parts).astype(np.float32)
         return self._vectors
 
@@ -162,7 +162,7 @@ class Corpus:
             return self.base.chunk_indices[index]
         return (index - self.real) % DERIVED_CHUNKS_PER_DOCUMENT
 
-    def _derived_batches(self, *, texts: bool = True) -> Iterator[tuple[np.ndarray, list[str]]]:
+    def derived_batches(self, *, texts: bool = True) -> Iterator[tuple[np.ndarray, list[str]]]:
         """The derived points, always made DERIVE_BATCH at a time (so the same every time)."""
         batch = DERIVE_BATCH
         rng = np.random.default_rng(self.seed)
@@ -188,7 +188,7 @@ class Corpus:
                 self._point(i, self.base.vectors[i], self.base.texts[i]) for i in range(start, stop)
             ]
         index = self.real
-        for vectors, texts in self._derived_batches():
+        for vectors, texts in self.derived_batches():
             for start in range(0, len(texts), batch):
                 points = []
                 for vector, text in zip(

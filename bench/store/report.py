@@ -51,6 +51,8 @@ def merge(result: dict[str, Any]) -> dict[str, Any]:
             result["method"] = old.get("method", "")
         if "retrieval_quality" in old:
             result.setdefault("retrieval_quality", old["retrieval_quality"])
+        if "append" in old:
+            result.setdefault("append", old["append"])
         for size, sweep in old.get("ef_sweep", {}).items():
             result.setdefault("ef_sweep", {}).setdefault(size, sweep)
     result["sizes"] = dict(sorted(result["sizes"].items(), key=lambda kv: int(kv[0])))
@@ -223,6 +225,25 @@ def _blocks_md(result: dict[str, Any]) -> str:
     )
 
 
+def _append_md(result: dict[str, Any]) -> str:
+    found = result.get("append")
+    if not found:
+        return ""
+    lines = [
+        f"New points in a collection that holds N (`--append`, the stores `--keep` left: "
+        f"{found['extra_points']:,} points upserted, timed, deleted again, {found['rounds']} "
+        f"rounds with the sizes in turn, {found['date_utc']}):\n",
+        "| N | ms a point (median) | rounds | ratio to the smallest |",
+        "| --- | --- | --- | --- |",
+    ]
+    for size, row in found["sizes"].items():
+        rounds = " / ".join(str(v) for v in row["ms_per_point_rounds"])
+        lines.append(
+            f"| {int(size):,} | {row['ms_per_point']} | {rounds} | x{row['ratio_to_smallest']} |"
+        )
+    return "\n".join(lines) + "\n\n"
+
+
 def write(result: dict[str, Any]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "store.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -260,6 +281,7 @@ def write(result: dict[str, Any]) -> None:
         + "\n\n"
         + _stalls_md(result)
         + _blocks_md(result)
+        + _append_md(result)
         + _sweep_md(result)
         + "Ratios edge / local mode in the same run (below 1: the embedded store is faster):\n\n"
         f"{ratio_head}\n"
