@@ -37,16 +37,12 @@ SEED = 61
 def _batches(vectors: np.ndarray, texts: list[str], prefix: str) -> Iterator[list[ChunkPoint]]:
     for start in range(0, len(texts), UPSERT_BATCH):
         yield [
-            ChunkPoint(
-                document_id=f"{prefix}{i // CHUNKS_PER_DOCUMENT}",
-                chunk_index=i % CHUNKS_PER_DOCUMENT,
-                vector=vectors[i].tolist(),
-                text=texts[i],
-                payload={
-                    "filename": f"{prefix}{i // CHUNKS_PER_DOCUMENT}.txt",
-                    "page": None,
-                    "metadata": {"source": "appended"},
-                },
+            data.point(
+                f"{prefix}{i // CHUNKS_PER_DOCUMENT}",
+                i % CHUNKS_PER_DOCUMENT,
+                vectors[i],
+                texts[i],
+                "appended",
             )
             for i in range(start, min(start + UPSERT_BATCH, len(texts)))
         ]

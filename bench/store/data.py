@@ -199,15 +199,18 @@ class Corpus:
                 yield points
 
     def _point(self, index: int, vector: np.ndarray, text: str) -> ChunkPoint:
-        document_id = self.document_id(index)
-        return ChunkPoint(
-            document_id=document_id,
-            chunk_index=self.chunk_index(index),
-            vector=vector.tolist(),
-            text=text,
-            payload={
-                "filename": f"{document_id}.txt",
-                "page": None,
-                "metadata": {"source": "scifact" if index < self.real else "derived"},
-            },
-        )
+        source = "scifact" if index < self.real else "derived"
+        return point(self.document_id(index), self.chunk_index(index), vector, text, source)
+
+
+def point(
+    document_id: str, chunk_index: int, vector: np.ndarray, text: str, source: str
+) -> ChunkPoint:
+    """A chunk as the benchmark writes it: the payload of a plain-text upload."""
+    return ChunkPoint(
+        document_id=document_id,
+        chunk_index=chunk_index,
+        vector=vector.tolist(),
+        text=text,
+        payload={"filename": f"{document_id}.txt", "page": None, "metadata": {"source": source}},
+    )

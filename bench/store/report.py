@@ -68,19 +68,17 @@ DOCUMENTED_FROM = {"sparse": "local mode, eighth session"}
 def quality(baseline: Path, candidate: Path) -> dict[str, Any]:
     """nDCG@10 of ``rag eval`` reports (one folder per store) on the same collection."""
 
-    runs: dict[str, str] = {}
-
-    def read(folder: Path) -> dict[str, float]:
-        found = {}
-        for path in sorted(folder.glob("*.json")):  # the latest report of each retrieval wins
+    def read(folder: Path) -> tuple[dict[str, float], dict[str, str]]:
+        """nDCG@10 and the run of each retrieval (the latest report of each wins)."""
+        found, runs = {}, {}
+        for path in sorted(folder.glob("*.json")):
             report = json.loads(path.read_text())
             found[report["settings"]["retrieval"]] = round(report["metrics"]["ndcg@10"], 4)
             runs[report["settings"]["retrieval"]] = path.stem
-        return found
+        return found, runs
 
-    local = read(baseline)
-    runs.clear()
-    edge = read(candidate)
+    local, _ = read(baseline)
+    edge, runs = read(candidate)
     rows: dict[str, Any] = {}
     for retrieval in ("dense", "sparse", "hybrid"):
         base = local.get(retrieval, DOCUMENTED_NDCG.get(retrieval))

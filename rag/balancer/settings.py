@@ -14,6 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.balancer.busypoll import AUTO_BUSY_POLL, AUTO_BUSY_POLL_CPUS
 from rag.core.pool.settings import PoolSettings
+from rag.core.settings_api import (
+    DEFAULT_HEADER_BYTES,
+    DEFAULT_HEADER_READ_TIMEOUT,
+    HeaderBytes,
+    HeaderReadTimeout,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8090
@@ -48,17 +54,8 @@ class BalancerSettings(BaseSettings):
         "response header names in lower case; h11 keeps the upstream's spelling, for clients "
         "that compare header names case-sensitively.",
     )
-    max_header_bytes: int = Field(
-        64 * 1024,
-        ge=1024,
-        description="Largest request head (request line and headers), in bytes: 431.",
-    )
-    header_read_timeout: float = Field(
-        10.0,
-        gt=0,
-        description="Seconds a request head may take from its first byte (or the connection's "
-        "opening) to its end before a 408 and a closed connection.",
-    )
+    max_header_bytes: HeaderBytes = DEFAULT_HEADER_BYTES
+    header_read_timeout: HeaderReadTimeout = DEFAULT_HEADER_READ_TIMEOUT
     admin_key: SecretStr | None = Field(
         None,
         description="Key of the admin routes (pool status and membership, /metrics), sent as "

@@ -4,9 +4,25 @@ request limits; a part of ``rag.core.settings.Settings``, which adds the ``RAG_`
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
+
+# the request-head limits, the same for the service and the balancer (rag.balancer.settings)
+DEFAULT_HEADER_BYTES = 64 * 1024
+DEFAULT_HEADER_READ_TIMEOUT = 10.0
+HeaderBytes = Annotated[
+    int,
+    Field(ge=1024, description="Largest request head (request line and headers), in bytes: 431."),
+]
+HeaderReadTimeout = Annotated[
+    float,
+    Field(
+        gt=0,
+        description="Seconds a request head may take from its first byte (or the connection's "
+        "opening) to its end before a 408 and a closed connection.",
+    ),
+]
 
 
 class ApiSettings(BaseModel):
@@ -87,17 +103,8 @@ class ApiSettings(BaseModel):
         ge=1024,
         description="Largest request body of every route but uploads (RAG_MAX_UPLOAD_BYTES): 413.",
     )
-    max_header_bytes: int = Field(
-        64 * 1024,
-        ge=1024,
-        description="Largest request head (request line and headers), in bytes: 431.",
-    )
-    header_read_timeout: float = Field(
-        10.0,
-        gt=0,
-        description="Seconds a request head may take from its first byte (or the connection's "
-        "opening) to its end before a 408 and a closed connection.",
-    )
+    max_header_bytes: HeaderBytes = DEFAULT_HEADER_BYTES
+    header_read_timeout: HeaderReadTimeout = DEFAULT_HEADER_READ_TIMEOUT
     body_read_timeout: float = Field(
         30.0,
         gt=0,
